@@ -1,0 +1,97 @@
+"""Turn whatever a user holds (paths, PIL images, NumPy arrays, tensors) into one float image batch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence, Union
+
+import numpy as np
+import torch
+
+ImageInput = Union[str, os.PathLike, "PIL.Image.Image", np.ndarray, torch.Tensor]  # noqa: F821
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as an RGB ``uint8`` array ``[H, W, 3]``.
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        ValueError: the file exists but is not a readable image.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {str(path)!r}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            rgb = img.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise ValueError(f"cannot read image {str(path)!r}: {error}") from error
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def _array_to_chw(array: np.ndarray, name: str) -> torch.Tensor:
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise ValueError(f"{name}: expected an array [H, W], [H, W, 1|3|4], got shape {tuple(array.shape)}")
+    if array.shape[2] == 4:
+        array = array[:, :, :3]
+    if array.dtype == np.uint8:
+        tensor = torch.from_numpy(np.ascontiguousarray(array)).float().div_(255.0)
+    elif np.issubdtype(array.dtype, np.floating):
+        tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    else:
+        raise TypeError(f"{name}: expected a uint8 or float array, got dtype {array.dtype}")
+    return tensor.permute(2, 0, 1)
+
+
+def _one_image(item: ImageInput, name: str) -> torch.Tensor:
+    """One image as float32 ``[3, H, W]`` in [0, 1]."""
+    if isinstance(item, (str, os.PathLike)):
+        chw = _array_to_chw(load_image(item), name)
+    elif isinstance(item, np.ndarray):
+        chw = _array_to_chw(item, name)
+    elif isinstance(item, torch.Tensor):
+        if item.ndim == 2:
+            item = item.unsqueeze(0)
+        if item.ndim != 3 or item.shape[0] not in (1, 3):
+            raise ValueError(f"{name}: expected a tensor [C, H, W] with C in (1, 3), got shape {tuple(item.shape)}")
+        chw = item.float().div(255.0) if item.dtype == torch.uint8 else item.float()
+    else:
+        try:
+            from PIL import Image
+        except ImportError:  # pragma: no cover
+            Image = None
+        if Image is not None and isinstance(item, Image.Image):
+            chw = _array_to_chw(np.asarray(item.convert("RGB")), name)
+        else:
+            raise TypeError(f"{name}: expected a path, PIL image, NumPy array or tensor, got {type(item).__name__}")
+    if chw.shape[0] == 1:
+        chw = chw.expand(3, -1, -1)
+    if chw.shape[1] == 0 or chw.shape[2] == 0:
+        raise ValueError(f"{name}: image has zero size {tuple(chw.shape[1:])}")
+    return chw
+
+
+def to_image_batch(images: ImageInput | Sequence[ImageInput], name: str = "images") -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
+    """Normalise user input to a list of float32 RGB tensors ``[3, H_i, W_i]`` in [0, 1] and their sizes.
+
+    Accepts a single path / PIL image / array / tensor ``[C, H, W]``, a batch tensor ``[B, C, H, W]``
+    (uint8 is scaled by 1/255, float is taken as [0, 1]), or a list of any of these. Grayscale is repeated to RGB.
+    """
+    if isinstance(images, torch.Tensor) and images.ndim == 4:
+        items: list = list(images.unbind(0))
+    elif isinstance(images, np.ndarray) and images.ndim == 4:
+        items = list(images)
+    elif isinstance(images, (list, tuple)):
+        items = list(images)
+    else:
+        items = [images]
+    if not items:
+        raise ValueError(f"{name}: expected at least one image, got an empty input")
+    tensors = [_one_image(item, f"{name}[{i}]") for i, item in enumerate(items)]
+    return tensors, [(int(t.shape[1]), int(t.shape[2])) for t in tensors]
