@@ -11,6 +11,9 @@ from . import reference
 from ._backend import get_backend, set_backend, use_backend
 from .anomaly_map import anomaly_map
 from .blur import gaussian_blur
+from .kcenter_greedy import kcenter_greedy
+from .knn import knn
+from .memory_bank import MemoryBank
 
 
 def backend_info() -> dict[str, object]:
@@ -28,10 +31,13 @@ def backend_info() -> dict[str, object]:
 
 
 __all__ = [
+    "MemoryBank",
     "anomaly_map",
     "backend_info",
     "gaussian_blur",
     "get_backend",
+    "kcenter_greedy",
+    "knn",
     "reference",
     "set_backend",
     "use_backend",
