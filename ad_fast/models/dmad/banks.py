@@ -1,0 +1,109 @@
+"""DMAD's dual memory bank (paper §3.2): normal coreset M_n; abnormal bank M_a = M_o ∪ M_as ∪ M_p."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ...ops import kcenter_greedy
+from ...ops.kcenter_greedy import random_projection
+from .encoder import PatchFeatureEncoder
+from .inputs import iter_batches
+
+_PROJECT_CHUNK = 65536
+
+
+@torch.no_grad()
+def extract_features(encoder: PatchFeatureEncoder, items: list, size: tuple[int, int], batch_size: int,
+                     store_dtype: torch.dtype = torch.float32, desc: str = "features", progress: bool = True,
+                     device: torch.device | str = "cpu") -> tuple[torch.Tensor, tuple[int, int]]:
+    """Patch features of every image, streamed batch by batch into one preallocated store.
+
+    Only ``batch_size`` images and their backbone activations are alive at a time; the store holds
+    ``len(items) · N · C`` values in ``store_dtype`` (float16 halves it).
+
+    Returns:
+        (Tensor[n_images, N, C] in ``store_dtype`` on CPU, patch grid (H0, W0)).
+    """
+    store, grid = None, None
+    with tqdm(total=len(items), desc=desc, unit="img", disable=not progress, leave=False) as bar:
+        for start, batch, _ in iter_batches(items, size, batch_size):
+            feats, grid = encoder(batch.to(device))
+            if store is None:
+                store = torch.empty((len(items), *feats.shape[1:]), dtype=store_dtype)
+            store[start : start + feats.shape[0]] = feats.to("cpu", store_dtype)
+            bar.update(feats.shape[0])
+    return store, grid
+
+
+def coreset_indices(features: torch.Tensor, ratio: float, seed: int = 0, projection_dim: int = 128,
+                    n_starts: int = 10, progress: bool = True, steps: int = 20) -> torch.Tensor:
+    """PatchCore's approximate greedy coreset: int64 indices of ``int(M · ratio)`` rows of ``features``.
+
+    Rows are projected to ``projection_dim`` (Gaussian JL matrix, streamed in chunks); the running
+    min-distance starts as the mean distance to ``n_starts`` random rows (PatchCore's
+    ``ApproximateGreedyCoresetSampler``; those rows are not selected); the greedy k-center picks come from
+    :func:`ad_fast.ops.kcenter_greedy`, run in ``steps`` chunks for a progress bar: each chunk resumes
+    from the exact running min-distances of the previous picks.
+
+    Args:
+        features (Tensor[M, C]): any float dtype.
+    """
+    rows = features.shape[0]
+    count = int(rows * ratio)
+    if count == 0:
+        return torch.empty(0, dtype=torch.long)
+    if ratio >= 1.0:
+        return torch.arange(rows)
+    weight = random_projection(features.shape[1], projection_dim, seed).to(features.device)
+    z = torch.cat([features[s : s + _PROJECT_CHUNK].float() @ weight for s in range(0, rows, _PROJECT_CHUNK)])
+    generator = torch.Generator().manual_seed(seed)
+    starts = torch.randperm(rows, generator=generator)[: min(n_starts, rows)].to(z.device)
+    min_dist = torch.cdist(z, z[starts]).mean(1)
+    picks = []
+    with tqdm(total=count, desc="coreset", unit="patch", disable=not progress, leave=False) as bar:
+        for chunk in range(steps):
+            n = count * (chunk + 1) // steps - count * chunk // steps
+            if n == 0:
+                continue
+            chosen = kcenter_greedy(z, n_select=n, projection_dim=None, init_distances=min_dist)
+            picks.append(chosen)
+            min_dist = torch.minimum(min_dist, torch.cdist(z, z[chosen]).amin(1))
+            bar.update(n)
+    return torch.cat(picks).cpu()
+
+
+def fuse_outliers(texture_features: torch.Tensor, normal_features: torch.Tensor, beta: float, seed: int = 0) -> torch.Tensor:
+    """Outlier-fused pseudo anomalies (Eq. 4): β·F(texture) + (1-β)·F(random normal image), patch by patch.
+
+    Args:
+        texture_features (Tensor[T, N, C]), normal_features (Tensor[n, N, C]).
+    Returns:
+        Tensor[T·N, C] float32.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    partners = torch.randint(normal_features.shape[0], (texture_features.shape[0],), generator=generator)
+    fused = beta * texture_features.float() + (1.0 - beta) * normal_features[partners].float()
+    return fused.reshape(-1, fused.shape[-1])
+
+
+def filter_anomalous(features: torch.Tensor, masks: torch.Tensor, grid: tuple[int, int], threshold: float = 0.0
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Filter (Eq. 2): patches whose bilinearly downscaled mask value exceeds ``threshold``.
+
+    Args:
+        features (Tensor[A, N, C]), masks (Tensor[A, 1, H, W]) binary.
+    Returns:
+        (Tensor[N_f, C] float32 rows, int64 Tensor[N_f] image index of each row).
+    """
+    small = F.interpolate(masks.float(), size=grid, mode="bilinear", align_corners=False).flatten(1)  # [A, N]
+    image_idx, patch_idx = torch.nonzero(small > threshold, as_tuple=True)
+    return features[image_idx, patch_idx].float(), image_idx
+
+
+def anomaly_center_samples(seen: torch.Tensor, std: float = 0.01, seed: int = 0) -> torch.Tensor:
+    """Anomaly Center Sampling (M_p): the mean seen-anomaly feature plus N(0, std²) noise, ``len(seen)`` rows."""
+    generator = torch.Generator().manual_seed(seed)
+    center = seen.float().mean(0, keepdim=True)
+    return center + std * torch.randn(seen.shape, generator=generator)
