@@ -32,7 +32,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
             rgb = img.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise ValueError(f"cannot read image {str(path)!r}: {error}") from error
-    return np.asarray(rgb, dtype=np.uint8)
+    return np.array(rgb, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on read-only arrays)
 
 
 def _array_to_chw(array: np.ndarray, name: str) -> torch.Tensor:
