@@ -190,7 +190,7 @@ def test_semi_supervised_dmad_is_not_worse(unsupervised_model, demo):
 
 def test_input_forms_give_identical_results(memory_bank_model, demo):
     paths = demo["test"][:3]
-    arrays = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    arrays = [np.array(Image.open(p).convert("RGB")) for p in paths]
     expected = memory_bank_model.predict(paths).pred_score
     torch.testing.assert_close(memory_bank_model.predict(arrays).pred_score, expected)
     torch.testing.assert_close(memory_bank_model.predict([Image.open(p) for p in paths]).pred_score, expected)
