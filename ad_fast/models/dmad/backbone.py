@@ -172,5 +172,14 @@ def build_backbone(
         if wrong:
             raise ValueError(f"weights: shape mismatch for {wrong[:3]} (file vs {name!r})")
         model.load_state_dict({k: state[k] for k in expected}, strict=True)
+    _drop_unused_blocks(model)
+    model = model.to(memory_format=torch.channels_last)
     model.eval().requires_grad_(False)
     return model, tuple(mean), tuple(std)
+
+
+def _drop_unused_blocks(model: nn.Module) -> None:
+    """timm's EfficientNet feature model runs every block; drop the stages after the last selected feature."""
+    stage_out = getattr(model, "_stage_out_idx", None)
+    if stage_out and isinstance(getattr(model, "blocks", None), nn.Sequential) and getattr(model, "feature_hooks", 1) is None:
+        model.blocks = model.blocks[: max(stage_out)]

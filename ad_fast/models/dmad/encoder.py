@@ -7,34 +7,39 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def aggregate_layer(features: torch.Tensor, embed_dim: int, grid: tuple[int, int], patch_size: int = 3) -> torch.Tensor:
-    """3x3 neighbourhood aggregation of one layer, pooled to ``embed_dim`` channels and resized to ``grid``.
+def pooling_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """``Tensor[n_in, n_out]`` with ``v @ M == adaptive_avg_pool1d(v, n_out)`` for any row vector ``v``."""
+    return F.adaptive_avg_pool1d(torch.eye(n_in, dtype=torch.float64).unsqueeze(1), n_out).squeeze(1)
 
-    Every position is described by its ``patch_size``² neighbourhood (zero padding), flattened channel-major as
-    (C, kh, kw) and average-pooled to ``embed_dim`` values (``adaptive_avg_pool1d``; for C·9 = 3·embed_dim this is
-    the mean of each kernel row of each channel). Pooling over channels and bilinear resizing are both linear
-    and act on different axes, so pooling first gives the same result as PatchCore's resize-then-pool.
 
-    Args:
-        features (Tensor[B, C, h, w]): one backbone layer.
-    Returns:
-        Tensor[B, embed_dim, H0, W0] with (H0, W0) = ``grid``.
+def aggregation_weights(channels: list[int], embed_dim: int, patch_size: int = 3) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, a conv weight ``[K_l, C_l, p, p]`` and the output channels ``[K_l]`` it writes.
+
+    PatchCore's embedding is linear in each layer's unfolded p x p neighbourhood (flattened channel-major as
+    (C, kh, kw)): per-layer ``adaptive_avg_pool1d`` to ``embed_dim``, then ``adaptive_avg_pool1d`` of the
+    concatenated layers to ``embed_dim``. Both poolings compose into one matrix ``[C_l·p², embed_dim]``;
+    as a p x p convolution it needs no unfolded copy. Only the output channels a layer feeds (its slice
+    of the final pooling) are computed.
     """
-    b, c, h, w = features.shape
-    patches = F.unfold(features, kernel_size=patch_size, padding=patch_size // 2)  # [B, C*9, h*w]
-    pooled = F.adaptive_avg_pool1d(patches.transpose(1, 2).reshape(b * h * w, 1, -1), embed_dim)
-    pooled = pooled.reshape(b, h, w, embed_dim).permute(0, 3, 1, 2)
-    if (h, w) != tuple(grid):
-        pooled = F.interpolate(pooled, size=grid, mode="bilinear", align_corners=False)
-    return pooled
+    final = pooling_matrix(len(channels) * embed_dim, embed_dim)
+    weights = []
+    for index, c in enumerate(channels):
+        combined = pooling_matrix(c * patch_size**2, embed_dim) @ final[index * embed_dim : (index + 1) * embed_dim]
+        columns = torch.nonzero(combined.abs().sum(0) > 0, as_tuple=True)[0]
+        conv = combined[:, columns].T.reshape(len(columns), c, patch_size, patch_size)
+        weights.append((conv.float().contiguous(), columns))
+    return weights
 
 
 class PatchFeatureEncoder(nn.Module):
     """Backbone layers -> one ``embed_dim``-d feature per patch of the first (finest) selected layer's grid.
 
-    Per layer: 3x3 local aggregation and pooling to ``embed_dim`` (:func:`aggregate_layer`); the layers are then
-    concatenated per patch and average-pooled to ``embed_dim`` (PatchCore's "Aggregator": consecutive pairs for
-    two layers). No learnable parameters: the encoder is frozen and deterministic.
+    Per layer: 3x3 local aggregation (zero padding) pooled to ``embed_dim`` values; coarser layers are resized
+    bilinearly (align_corners=False) to the first layer's grid; the layers are then concatenated per patch and
+    average-pooled to ``embed_dim`` (PatchCore's "Aggregator": consecutive pairs for two layers). Pooling over
+    channels and bilinear resizing are linear maps on different axes, so the order of the two does not matter;
+    everything is fused into one convolution per layer (:func:`aggregation_weights`). No learnable parameters:
+    the encoder is frozen and deterministic.
     """
 
     def __init__(self, backbone: nn.Module, mean: tuple[float, ...], std: tuple[float, ...], embed_dim: int = 1536,
@@ -45,6 +50,15 @@ class PatchFeatureEncoder(nn.Module):
         self.patch_size = int(patch_size)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self._weights: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    def _aggregation(self, channels: tuple[int, ...], device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if channels not in self._weights:
+            self._weights[channels] = aggregation_weights(list(channels), self.embed_dim, self.patch_size)
+        weights = self._weights[channels]
+        if weights[0][0].device != device:
+            weights = self._weights[channels] = [(w.to(device), c.to(device)) for w, c in weights]
+        return weights
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -55,11 +69,14 @@ class PatchFeatureEncoder(nn.Module):
         Returns:
             (Tensor[B, N, embed_dim], (H0, W0)): features row-major over the patch grid, N = H0·W0.
         """
-        layers = self.backbone((images - self.mean) / self.std)
+        x = ((images - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        layers = self.backbone(x)
         grid = tuple(layers[0].shape[-2:])
-        pooled = [aggregate_layer(f, self.embed_dim, grid, self.patch_size) for f in layers]
-        b = images.shape[0]
-        stacked = torch.stack(pooled, dim=1)  # [B, L, D, H0, W0]
-        stacked = stacked.permute(0, 3, 4, 1, 2).reshape(b * grid[0] * grid[1], 1, -1)
-        feats = F.adaptive_avg_pool1d(stacked, self.embed_dim).reshape(b, grid[0] * grid[1], self.embed_dim)
-        return feats, grid
+        weights = self._aggregation(tuple(f.shape[1] for f in layers), images.device)
+        out = images.new_zeros(images.shape[0], grid[0], grid[1], self.embed_dim)
+        for feats, (conv, columns) in zip(layers, weights):
+            pooled = F.conv2d(feats, conv, padding=self.patch_size // 2)
+            if tuple(pooled.shape[-2:]) != grid:
+                pooled = F.interpolate(pooled, size=grid, mode="bilinear", align_corners=False)
+            out.index_add_(3, columns, pooled.permute(0, 2, 3, 1))
+        return out.reshape(images.shape[0], grid[0] * grid[1], self.embed_dim), grid
