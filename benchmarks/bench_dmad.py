@@ -25,6 +25,7 @@ FAST = os.environ.get("AD_FAST_BENCH_FAST") == "1"
 N_IMAGES, SIZE, DIM = (8, 64, 128) if FAST else (200, 256, 1536)
 BACKENDS = ("kernel", "reference")
 DEVICE = os.environ.get("AD_FAST_BENCH_DEVICE", "cpu")
+WEIGHTS = os.environ.get("AD_FAST_BENCH_WEIGHTS")  # efficientnet-lite0 package .pth where the package is absent
 
 
 def _rss_bytes() -> int:
@@ -73,7 +74,7 @@ def images() -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def model(images) -> DMAD:
-    return DMAD(backbone="efficientnet_lite0", mode="memory_bank", image_size=SIZE, embed_dim=DIM,
+    return DMAD(backbone="efficientnet_lite0", weights=WEIGHTS, mode="memory_bank", image_size=SIZE, embed_dim=DIM,
                 batch_size=16, device=DEVICE, progress=False).fit(images)
 
 

@@ -38,7 +38,8 @@ def extract_features(encoder: PatchFeatureEncoder, items: list, size: tuple[int,
 
 
 def coreset_indices(features: torch.Tensor, ratio: float, seed: int = 0, projection_dim: int = 128,
-                    n_starts: int = 10, progress: bool = True, steps: int = 20) -> torch.Tensor:
+                    n_starts: int = 10, progress: bool = True, steps: int = 20,
+                    device: torch.device | str | None = None) -> torch.Tensor:
     """PatchCore's approximate greedy coreset: int64 indices of ``int(M · ratio)`` rows of ``features``.
 
     Rows are projected to ``projection_dim`` (Gaussian JL matrix, streamed in chunks); the running
@@ -48,7 +49,8 @@ def coreset_indices(features: torch.Tensor, ratio: float, seed: int = 0, project
     from the exact running min-distances of the previous picks.
 
     Args:
-        features (Tensor[M, C]): any float dtype.
+        features (Tensor[M, C]): any float dtype; streamed in chunks to ``device`` (default: its own) for the
+            projection, so only the ``[M, projection_dim]`` projection lives there.
     """
     rows = features.shape[0]
     count = int(rows * ratio)
@@ -56,8 +58,10 @@ def coreset_indices(features: torch.Tensor, ratio: float, seed: int = 0, project
         return torch.empty(0, dtype=torch.long)
     if ratio >= 1.0:
         return torch.arange(rows)
-    weight = random_projection(features.shape[1], projection_dim, seed).to(features.device)
-    z = torch.cat([features[s : s + _PROJECT_CHUNK].float() @ weight for s in range(0, rows, _PROJECT_CHUNK)])
+    device = features.device if device is None else torch.device(device)
+    weight = random_projection(features.shape[1], projection_dim, seed).to(device)
+    z = torch.cat([features[s : s + _PROJECT_CHUNK].to(device, torch.float32) @ weight
+                   for s in range(0, rows, _PROJECT_CHUNK)])
     generator = torch.Generator().manual_seed(seed)
     starts = torch.randperm(rows, generator=generator)[: min(n_starts, rows)].to(z.device)
     min_dist = torch.cdist(z, z[starts]).mean(1)

@@ -207,7 +207,8 @@ class DMAD(nn.Module):
         store_dtype = _DTYPES[cfg["feature_dtype"]]
         features, grid = self._features(items, "normal features", store_dtype)
         flat = features.reshape(-1, features.shape[-1])
-        keep = coreset_indices(flat, cfg["coreset_ratio"], cfg["seed"], progress=self.progress)
+        keep = coreset_indices(flat, cfg["coreset_ratio"], cfg["seed"], progress=self.progress,
+                               device=self.device_)
         if len(keep) == 0:
             raise ValueError(f"dataset: {len(items)} image(s) give {flat.shape[0]} patches, too few for "
                              f"coreset_ratio={cfg['coreset_ratio']}")
@@ -216,7 +217,8 @@ class DMAD(nn.Module):
             return self
         textures, _ = self._features(self._texture_items(), "texture features")
         outliers = fuse_outliers(textures, features, cfg["outlier_beta"], cfg["seed"])
-        abnormal = [outliers[coreset_indices(outliers, cfg["outlier_ratio"], cfg["seed"], progress=self.progress)]]
+        abnormal = [outliers[coreset_indices(outliers, cfg["outlier_ratio"], cfg["seed"],
+                                                 progress=self.progress, device=self.device_)]]
         if cfg["synthetic_anomalies"]:
             images, masks = self._synthetic_anomalies(items)
             synthetic, _ = self._features(images, "synthetic anomalies")

@@ -30,8 +30,9 @@ class TrainConfig:
 
 def nearest_rows(bank: MemoryBank, queries: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
     """int64 index of the 1-NN (L2) bank row of every query row (Tensor[M, C]) -> Tensor[M]."""
-    out = [bank.search(queries[s : s + chunk].float(), k=1)[1][:, 0] for s in range(0, queries.shape[0], chunk)]
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+    out = [bank.search(queries[s : s + chunk].to(bank.device, torch.float32), k=1)[1][:, 0]
+           for s in range(0, queries.shape[0], chunk)]
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=bank.device)
 
 
 def representation(enhancer: KnowledgeEnhancer, q: torch.Tensor, normal: MemoryBank, abnormal: MemoryBank,
