@@ -8,17 +8,15 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ...data.images import ImageInput, to_image_batch
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+from ...data.images import ImageInput, resize_image, to_image_batch
+from ...data.readers import IMAGE_EXTENSIONS
 
 
 def _folder_images(folder: Path, name: str) -> list[Path]:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
-        raise ValueError(f"{name}: folder {str(folder)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        raise ValueError(f"{name}: folder {str(folder)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     return files
 
 
@@ -50,11 +48,7 @@ def as_item_list(images: ImageInput | Sequence[ImageInput], name: str = "images"
 
 def resize_batch(images: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
     """Stack ``[3, H_i, W_i]`` images resized (bilinear, antialiased) to ``size`` -> ``Tensor[B, 3, *size]``."""
-    out = [
-        img if tuple(img.shape[1:]) == tuple(size)
-        else F.interpolate(img[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
-        for img in images
-    ]
+    out = [resize_image(img, size) for img in images]
     return torch.stack(out).clamp_(0.0, 1.0)
 
 
@@ -73,5 +67,5 @@ def load_masks(masks: ImageInput | Sequence[ImageInput], count: int, size: tuple
         raise ValueError(f"{name}: expected {count} masks (one per anomaly image), got {len(items)}")
     tensors, _ = to_image_batch(items, name=name)
     binary = [(t[:1] != 0).float() for t in tensors]
-    resized = [F.interpolate(m[None], size=size, mode="bilinear", align_corners=False)[0] for m in binary]
+    resized = [resize_image(m, size, antialias=False) for m in binary]
     return (torch.stack(resized) != 0).float()
