@@ -214,10 +214,10 @@ def aupro(maps: Any, masks: Any, fpr_limit: float = 0.3, num_thresholds: int | N
 
 
 def _regions(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Global region id per pixel ``[B, H, W]`` (int64, -1 outside) and the size of each region (float64)."""
+    """Global region id per pixel ``[B, H, W]`` (int32, -1 outside) and the size of each region (float64)."""
     from scipy import ndimage
 
-    ids = np.full(masks.shape, -1, dtype=np.int64)
+    ids = np.full(masks.shape, -1, dtype=np.int32)
     offset = 0
     for i, mask in enumerate(masks):
         labeled, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
