@@ -279,14 +279,14 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def _pick_examples(predictions, count: int) -> list[int]:
-    """Up to ``count`` indices: anomalous images first (one per defect in turn), then normal ones."""
+    """Up to ``count`` indices: one normal image, then anomalous ones (one per defect in turn), then more normal."""
     if count < 0:
         return list(range(predictions.labels.size))
     by_defect: dict[str, list[int]] = {}
     for i, defect in enumerate(predictions.defects):
         by_defect.setdefault(defect, []).append(i)
     normal = by_defect.pop("good", [])
-    chosen: list[int] = []
+    chosen: list[int] = [normal.pop(0)] if normal and count > 1 else []
     queues = list(by_defect.values())
     while len(chosen) < count and any(queues):
         for queue in queues:

@@ -171,3 +171,18 @@ def test_jsonl(tmp_path):
 def test_empty_dataset_rejected():
     with pytest.raises(ValueError, match="no images"):
         AnomalyDataset([], name="empty")
+
+
+@pytest.mark.parametrize("mode, fmt", [("I;16", "PNG"), ("L", "TIFF"), ("RGBA", "PNG"), ("P", "PNG"), ("RGB", "TIFF")])
+def test_image_modes_and_formats(tmp_path, mode, fmt):
+    from ad_fast.data import read_image
+
+    path = tmp_path / f"x.{fmt.lower()}"
+    if mode == "I;16":
+        Image.fromarray(np.full((5, 7), 65535 // 2, dtype=np.uint16)).save(path, format=fmt)
+        expected = 0.5
+    else:
+        Image.fromarray(np.full((5, 7, 3), 51, np.uint8)).convert(mode).save(path, format=fmt)
+        expected = 0.2
+    image = read_image(path, size=(4, 4))
+    assert image.shape == (3, 4, 4) and torch.allclose(image, torch.full_like(image, expected), atol=0.01)
