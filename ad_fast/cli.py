@@ -99,8 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(handler=cmd_benchmark)
 
     demo = commands.add_parser("demo", help="generate a small dataset, fit, evaluate, write the overlays")
-    demo.add_argument("--method", default="dmad", help="method to run (default: dmad)")
-    demo.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="constructor argument")
+    demo.add_argument("--method", nargs="+", default=["dmad"], help="method(s) to run (default: dmad)")
+    demo.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                      help="constructor argument for every method; repeatable")
     demo.add_argument("--categories", nargs="+", default=["brick", "gravel", "marble"], help="demo categories")
     demo.add_argument("--size", type=int, default=128, help="image side in pixels (default: 128)")
     demo.add_argument("--unified", action="store_true", help="fit one model on all categories")
@@ -335,7 +336,7 @@ def _run_evaluation(args: argparse.Namespace, model: Any, needs_fit: bool, test,
             on_category=lambda name, predictions: _write_visuals(staging, name, predictions,
                                                                 test.subset(category=name), args.overlays),
             progress=not args.no_progress)
-        report.config["method"] = args.method
+        report.config["method"] = getattr(args, "method_name", None) or args.method
         report.save(staging)
     return report
 
@@ -402,22 +403,26 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from .data.readers import MVTecAD
     from .models import get_model_class, list_models
 
-    try:
-        get_model_class(args.method)
-    except ValueError:
-        raise CLIError(f"the demo needs the method {args.method!r}, which is not available in this installation "
-                       f"(available: {list_models() or 'none'}); pass --method NAME") from None
+    for method in args.method:
+        try:
+            get_model_class(method)
+        except ValueError:
+            raise CLIError(f"the demo needs the method {method!r}, which is not available in this installation "
+                           f"(available: {list_models() or 'none'}); pass --method NAME") from None
     output = Path(args.output)
     device = _device(args.device)
     root = make_demo_dataset(output / "data", categories=args.categories, size=args.size, seed=args.seed)
-    model = _new_model(args.method, _options(args.option), device)
     train, test = MVTecAD(root, "train", size=args.size), MVTecAD(root, "test", size=args.size)
     args.no_pro = False
-    start = time.perf_counter()
-    report = _run_evaluation(args, model, True, test, train, output / "results")
-    print(report.to_markdown(), end="")
-    print(f"{args.method} on the generated demo data ({len(test)} test images, {time.perf_counter() - start:.0f} s); "
-          f"tables, plots and overlays -> {output / 'results'}")
+    for method in args.method:
+        model = _new_model(method, _options(args.option), device)
+        start = time.perf_counter()
+        args.method_name = method
+        report = _run_evaluation(args, model, True, test, train, output / "results" / method)
+        print(f"\n## {method} on the generated demo data ({len(train)} train / {len(test)} test images, "
+              f"{time.perf_counter() - start:.0f} s)\n")
+        print(report.to_markdown(), end="")
+    print(f"\ntables, plots and overlays -> {output / 'results'}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -39,12 +39,14 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "| category |" in printed and "| mean |" in printed
-    _check_metrics_json(out / "results" / "metrics.json", ["brick", "gravel"])
+    results = out / "results" / "mean_distance"
+    report = _check_metrics_json(results / "metrics.json", ["brick", "gravel"])
+    assert report["config"]["method"] == "mean_distance"
     for name in ("metrics.md", "metrics.csv", "plots/brick_roc_pr.png", "grids/gravel.png"):
-        assert (out / "results" / name).is_file(), name
-    overlays = sorted((out / "results" / "overlays" / "brick").glob("*.png"))
+        assert (results / name).is_file(), name
+    overlays = sorted((results / "overlays" / "brick").glob("*.png"))
     assert len(overlays) == 6 and Image.open(overlays[0]).size == (32, 32)
-    assert not list(out.glob(".*staging*")) and not list((out / "results").glob(".*"))
+    assert not list(out.rglob(".*staging*"))
 
 
 def test_demo_unknown_method(tmp_path, capsys):
