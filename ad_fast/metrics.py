@@ -19,22 +19,17 @@ import torch
 _CHUNK = 1 << 20
 
 
-def _as_numpy(x: Any, name: str) -> np.ndarray:
+def _as_numpy(x: Any) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu()
         x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-        x = x.numpy()
-    elif not isinstance(x, np.ndarray):
-        try:
-            x = np.asarray(x)
-        except Exception as error:  # pragma: no cover - defensive
-            raise TypeError(f"{name}: expected an array or tensor, got {type(x).__name__}") from error
-    return x
+        return x.numpy()
+    return np.asarray(x)
 
 
 def _binary_inputs(scores: Any, labels: Any, names: tuple[str, str] = ("scores", "labels")) -> tuple[np.ndarray, np.ndarray]:
     """Flattened float scores and bool labels; checks sizes, finiteness and that both classes occur."""
-    scores, labels = _as_numpy(scores, names[0]), _as_numpy(labels, names[1])
+    scores, labels = _as_numpy(scores), _as_numpy(labels)
     if not (np.issubdtype(scores.dtype, np.floating) or np.issubdtype(scores.dtype, np.integer)):
         raise TypeError(f"{names[0]}: expected real numbers, got dtype {scores.dtype}")
     if scores.size != labels.size:
@@ -146,7 +141,7 @@ def curves(scores: Any, labels: Any, max_points: int = 512) -> dict[str, np.ndar
 
 
 def _maps_and_masks(maps: Any, masks: Any) -> tuple[np.ndarray, np.ndarray]:
-    maps, masks = _as_numpy(maps, "maps"), _as_numpy(masks, "masks")
+    maps, masks = _as_numpy(maps), _as_numpy(masks)
     if maps.ndim == 4 and maps.shape[1] == 1:
         maps = maps[:, 0]
     if masks.ndim == 4 and masks.shape[1] == 1:
@@ -214,10 +209,10 @@ def aupro(maps: Any, masks: Any, fpr_limit: float = 0.3, num_thresholds: int | N
 
 
 def _regions(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Global region id per pixel ``[B, H, W]`` (int64, -1 outside) and the size of each region (float64)."""
+    """Global region id per pixel ``[B, H, W]`` (int32, -1 outside) and the size of each region (float64)."""
     from scipy import ndimage
 
-    ids = np.full(masks.shape, -1, dtype=np.int64)
+    ids = np.full(masks.shape, -1, dtype=np.int32)
     offset = 0
     for i, mask in enumerate(masks):
         labeled, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))

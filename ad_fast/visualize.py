@@ -23,9 +23,8 @@ def _numpy(x: Any) -> np.ndarray:
 def _hwc_uint8(image: Any) -> np.ndarray:
     """``[3, H, W]`` float in [0, 1] (tensor or array) or ``[H, W, 3]`` uint8 → ``[H, W, 3]`` uint8."""
     array = _numpy(image)
-    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
-        array = array.transpose(1, 2, 0)
-    elif array.ndim == 3 and array.shape[0] in (1, 3) and array.dtype != np.uint8:
+    channels_first = array.ndim == 3 and array.shape[0] in (1, 3)
+    if channels_first and (array.shape[-1] not in (1, 3) or array.dtype != np.uint8):
         array = array.transpose(1, 2, 0)
     if array.ndim == 2:
         array = array[:, :, None]

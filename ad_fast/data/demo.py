@@ -34,7 +34,11 @@ _TRAIN_SHARE = 0.55
 def _source_texture(category: str) -> torch.Tensor:
     """The large source image ``[3, 512, 512]`` of a category."""
     if category in SKIMAGE_TEXTURES:
-        import skimage.data
+        try:
+            import skimage.data
+        except ImportError as error:
+            raise ValueError(f"categories: {category!r} is a scikit-image sample texture; install scikit-image, "
+                             f"or use the procedural categories {PROCEDURAL_TEXTURES}") from error
 
         gray = getattr(skimage.data, category)()
         tensor = torch.from_numpy(np.ascontiguousarray(gray)).float().div(255.0)
