@@ -287,3 +287,11 @@ def test_bad_inputs_raise_clear_errors(memory_bank_model, demo, tmp_path):
         DMAD(mode="dmad", **SMALL).fit(demo["train"], anomalies=demo["seen"][:3])
     with pytest.raises(ValueError, match="anomalies"):
         DMAD(mode="memory_bank", **SMALL).fit(demo["train"], anomalies=(demo["seen"], demo["masks"]))
+
+
+def test_float16_banks_score_like_float32(demo):
+    images = demo["test"][:4]
+    full = DMAD(mode="memory_bank", **SMALL).fit(demo["train"][:1])
+    half = DMAD(mode="memory_bank", bank_dtype="float16", **SMALL).fit(demo["train"][:1])
+    assert half.normal_bank.rows.dtype == torch.float16
+    torch.testing.assert_close(half.predict(images).anomaly_map, full.predict(images).anomaly_map, rtol=1e-2, atol=1e-2)

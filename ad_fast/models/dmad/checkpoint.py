@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..._io import atomic_path
-from ...ops import MemoryBank
 
 if TYPE_CHECKING:
     from .model import DMAD
@@ -78,7 +77,7 @@ def restore_state(model: "DMAD", meta: dict[str, Any], tensors: dict[str, torch.
             rows = tensors[name]
             if rows.dim() != 2 or rows.shape[1] != dim:
                 raise ValueError(f"path: {name} has shape {tuple(rows.shape)}, expected [K, {dim}]")
-            setattr(model, name, MemoryBank(dim, torch.float32, "l2", model.device_).add(rows.float()))
+            setattr(model, name, model._bank(rows))
     model.semi_supervised = bool(meta.get("semi_supervised"))
     if model.mode == "dmad":
         if "abnormal_bank" not in tensors or meta.get("attention") is None:

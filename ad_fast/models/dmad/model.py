@@ -92,6 +92,7 @@ class DMAD(nn.Module):
             ``"max"`` (of the blurred map, default in ``"memory_bank"`` mode).
         blur_sigma: Gaussian σ of the map in output pixels (4).
         feature_dtype: storage of the cached training features (``"float32"`` or ``"float16"``).
+        bank_dtype: storage of both banks in memory (``"float16"`` halves them; searches compute in float32).
         batch_size: images per feature-extraction batch.
         device, seed, progress: where to run; the seed of every random draw; tqdm bars on/off.
     """
@@ -103,7 +104,7 @@ class DMAD(nn.Module):
                  synthetic_anomalies: int = 0, center_noise_std: float = 0.01, mask_threshold: float = 0.0, attention: str | None = None,
                  hidden: int = 1024, mapper_layers: int = 4, train: dict | None = None,
                  image_score: str | None = None, top_k: int = 5, blur_sigma: float = 4.0,
-                 feature_dtype: str = "float32", batch_size: int = 8, device: str | torch.device = "cpu",
+                 feature_dtype: str = "float32", bank_dtype: str = "float32", batch_size: int = 8, device: str | torch.device = "cpu",
                  seed: int = 0, progress: bool = True) -> None:
         super().__init__()
         if mode not in MODES:
@@ -112,8 +113,9 @@ class DMAD(nn.Module):
             raise ValueError(f"attention: expected None or one of {ATTENTION_MODES}, got {attention!r}")
         if image_score is not None and image_score not in IMAGE_SCORES:
             raise ValueError(f"image_score: expected None or one of {IMAGE_SCORES}, got {image_score!r}")
-        if feature_dtype not in _DTYPES:
-            raise ValueError(f"feature_dtype: expected one of {tuple(_DTYPES)}, got {feature_dtype!r}")
+        for name, value in (("feature_dtype", feature_dtype), ("bank_dtype", bank_dtype)):
+            if value not in _DTYPES:
+                raise ValueError(f"{name}: expected one of {tuple(_DTYPES)}, got {value!r}")
         for name in ("image_size", "embed_dim", "n_textures", "hidden", "mapper_layers", "top_k", "batch_size"):
             _positive(locals()[name], name)
         if isinstance(synthetic_anomalies, bool) or not isinstance(synthetic_anomalies, int) or synthetic_anomalies < 0:
@@ -131,7 +133,7 @@ class DMAD(nn.Module):
             "synthetic_anomalies": synthetic_anomalies,
             "mask_threshold": mask_threshold, "attention": attention, "hidden": hidden,
             "mapper_layers": mapper_layers, "train": dict(train or {}), "image_score": image_score, "top_k": top_k,
-            "blur_sigma": blur_sigma, "feature_dtype": feature_dtype, "batch_size": batch_size, "seed": seed,
+            "blur_sigma": blur_sigma, "feature_dtype": feature_dtype, "bank_dtype": bank_dtype, "batch_size": batch_size, "seed": seed,
         }
         self.device_ = torch.device(device)
         self.progress = progress
@@ -158,7 +160,8 @@ class DMAD(nn.Module):
                                 self.progress, self.device_)
 
     def _bank(self, rows: torch.Tensor) -> MemoryBank:
-        return MemoryBank(self.config["embed_dim"], torch.float32, "l2", self.device_).add(rows.float())
+        dtype = _DTYPES[self.config["bank_dtype"]]
+        return MemoryBank(self.config["embed_dim"], dtype, "l2", self.device_).add(rows.float())
 
     def _build_modules(self, attention: str) -> None:
         dim = self.config["embed_dim"]
