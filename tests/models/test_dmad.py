@@ -295,3 +295,11 @@ def test_float16_banks_score_like_float32(demo):
     half = DMAD(mode="memory_bank", bank_dtype="float16", **SMALL).fit(demo["train"][:1])
     assert half.normal_bank.rows.dtype == torch.float16
     torch.testing.assert_close(half.predict(images).anomaly_map, full.predict(images).anomaly_map, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("n_in,n_out", [(360, 1536), (1008, 1536), (4608, 1536), (3072, 1536), (7, 3), (5, 5)])
+def test_pooling_matrix_equals_adaptive_avg_pool(n_in, n_out):
+    from ad_fast.models.dmad.encoder import pooling_matrix
+
+    v = torch.randn(4, 1, n_in, dtype=torch.float64)
+    torch.testing.assert_close(v[:, 0] @ pooling_matrix(n_in, n_out), F.adaptive_avg_pool1d(v, n_out)[:, 0])

@@ -8,8 +8,16 @@ from torch import nn
 
 
 def pooling_matrix(n_in: int, n_out: int) -> torch.Tensor:
-    """``Tensor[n_in, n_out]`` with ``v @ M == adaptive_avg_pool1d(v, n_out)`` for any row vector ``v``."""
-    return F.adaptive_avg_pool1d(torch.eye(n_in, dtype=torch.float64).unsqueeze(1), n_out).squeeze(1)
+    """``Tensor[n_in, n_out]`` (float64) with ``v @ M == adaptive_avg_pool1d(v, n_out)`` for any row vector ``v``.
+
+    Output j averages inputs ``[floor(j·n_in/n_out), ceil((j+1)·n_in/n_out))`` (PyTorch's adaptive pooling windows).
+    """
+    j = torch.arange(n_out)
+    start = torch.div(j * n_in, n_out, rounding_mode="floor")
+    end = torch.div((j + 1) * n_in + n_out - 1, n_out, rounding_mode="floor")
+    rows = torch.arange(n_in).unsqueeze(1)
+    inside = (rows >= start) & (rows < end)
+    return inside.double() / (end - start).double()
 
 
 def aggregation_weights(channels: list[int], embed_dim: int, patch_size: int = 3) -> list[tuple[torch.Tensor, torch.Tensor]]:
