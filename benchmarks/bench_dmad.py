@@ -34,7 +34,11 @@ def _rss_bytes() -> int:
 
 
 def peak_memory(fn):
-    """(result, peak extra resident memory in bytes, or peak CUDA allocation on a GPU) of one call of ``fn``."""
+    """(result, peak extra resident memory in bytes, or peak CUDA allocation on a GPU) of one call of ``fn``.
+
+    CPU: a thread samples the resident set every 2 ms during the call (one call: the timed one), so the time
+    and the memory come from the same run.
+    """
     if DEVICE.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -59,8 +63,9 @@ def peak_memory(fn):
     return result, max(peak[0], _rss_bytes()) - base
 
 
-def _report(name: str, nbytes: int) -> None:
-    print(f"\n[peak memory] {name}: {nbytes / 2**20:.1f} MiB")
+def _report(name: str, nbytes: int, benchmark) -> None:
+    seconds = benchmark.stats.stats.min if benchmark.stats else float("nan")
+    print(f"\n[dmad bench] {name}: {seconds:.2f} s, peak extra memory {nbytes / 2**20:.1f} MiB")
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +96,7 @@ def test_feature_extraction(benchmark, model, images):
             return [model.encoder(b.to(DEVICE))[0] for b in images.split(16)]
 
     _, nbytes = peak_memory(lambda: benchmark.pedantic(run, rounds=1, iterations=1))
-    _report(f"feature extraction, {N_IMAGES} images at {SIZE}", nbytes)
+    _report(f"feature extraction, {N_IMAGES} images at {SIZE}", nbytes, benchmark)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -105,7 +110,7 @@ def test_coreset(benchmark, features, backend):
             return coreset_indices(features, 0.02, progress=False)
 
     picks, nbytes = peak_memory(lambda: benchmark.pedantic(run, rounds=1, iterations=1))
-    _report(f"coreset 2% of {features.shape[0]} x {DIM} ({backend})", nbytes)
+    _report(f"coreset 2% of {features.shape[0]} x {DIM} ({backend})", nbytes, benchmark)
     assert len(picks) == int(features.shape[0] * 0.02)
 
 
@@ -124,7 +129,7 @@ def test_memory_bank_scoring(benchmark, model, features, backend):
                     for b in q.split(16)]
 
     _, nbytes = peak_memory(lambda: benchmark.pedantic(run, rounds=1, iterations=1))
-    _report(f"memory-bank scoring of {N_IMAGES} images vs {len(model.normal_bank)} rows ({backend})", nbytes)
+    _report(f"memory-bank scoring of {N_IMAGES} images vs {len(model.normal_bank)} rows ({backend})", nbytes, benchmark)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -138,5 +143,5 @@ def test_predict(benchmark, model, images, backend):
             return model.predict(images, batch_size=16)
 
     result, nbytes = peak_memory(lambda: benchmark.pedantic(run, rounds=1, iterations=1))
-    _report(f"predict {N_IMAGES} images ({backend})", nbytes)
+    _report(f"predict {N_IMAGES} images ({backend})", nbytes, benchmark)
     assert result.anomaly_map.shape == (N_IMAGES, 1, SIZE, SIZE)
