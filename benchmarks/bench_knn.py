@@ -1,6 +1,7 @@
 """kNN: ad_fast kernel vs the chunked-matmul reference, chunked torch.cdist + topk and faiss-cpu IndexFlatL2.
 
-Full size (the issue's): M=4096 queries, N=100k bank rows, D=1536, k in {1, 9}. ``AD_FAST_BENCH_FAST=1`` shrinks it.
+Full size (the issue's): M=4096 queries, N=100k bank rows, D=1536, k in {1, 9}. ``AD_FAST_BENCH_FAST=1`` shrinks it;
+``AD_FAST_BENCH_KNN_N`` sets N (the full size takes minutes per implementation on a shared 2-core machine).
     /work/venv/bin/python -m pytest benchmarks/bench_knn.py --benchmark-columns=min,mean,rounds
 Extra info per case: peak extra resident memory (MiB) and, for low-precision banks, the recall@k against float32.
 """
@@ -17,7 +18,7 @@ from ad_fast.ops import knn
 from ad_fast.ops.knn import knn_reference
 
 FAST = os.environ.get("AD_FAST_BENCH_FAST") == "1"
-M, N, D = (256, 5000, 128) if FAST else (4096, 100_000, 1536)
+M, N, D = (256, 5000, 128) if FAST else (4096, int(os.environ.get("AD_FAST_BENCH_KNN_N", 100_000)), 1536)
 ROUNDS = 1 if FAST else 2
 CDIST_CHUNK = 1024
 
