@@ -3,7 +3,8 @@
 Full size (the issue's): N=200k rows, D=1536 projected to 128, 1% and 10% picks. The reference loop is timed over
 REF_PICKS picks and its per-pick time recorded, since 20k picks of it take many minutes; the kernel runs the full
 selection. ``AD_FAST_BENCH_FAST=1`` shrinks everything.
-    pytest benchmarks/bench_kcenter_greedy.py --benchmark-only --benchmark-group-by=group --benchmark-columns=min,mean,rounds
+    pytest benchmarks/bench_kcenter_greedy.py --benchmark-only --benchmark-group-by=group \
+        --benchmark-columns=min,mean,rounds
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ def test_kcenter_kernel(benchmark, projected, ratio, device):
 def test_kcenter_reference_loop(benchmark, projected):
     benchmark.group = "kcenter-reference-per-pick"
     benchmark.pedantic(
-        lambda: kcenter_greedy_reference(projected, REF_PICKS, projection_dim=None, start_index=0), rounds=1, iterations=1
+        lambda: kcenter_greedy_reference(projected, REF_PICKS, projection_dim=None, start_index=0),
+        rounds=1,
+        iterations=1,
     )
     record_per_pick(benchmark, REF_PICKS)
 
@@ -60,6 +63,8 @@ def test_kcenter_reference_loop(benchmark, projected):
 def test_kcenter_kernel_per_pick(benchmark, projected, device):
     benchmark.group = "kcenter-reference-per-pick"
     rows = projected.to(device)
-    fn = synchronized(lambda: kcenter_greedy(rows, REF_PICKS, projection_dim=None, start_index=0, backend="kernel"), device)
+    fn = synchronized(
+        lambda: kcenter_greedy(rows, REF_PICKS, projection_dim=None, start_index=0, backend="kernel"), device
+    )
     benchmark.pedantic(fn, rounds=3, iterations=1)
     record_per_pick(benchmark, REF_PICKS)

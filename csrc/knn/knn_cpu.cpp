@@ -1,8 +1,8 @@
-// CPU kernel of the exact kNN op. The bank is scanned in tiles: per (query block, bank tile) one GEMM
-// (oneDNN for float32, else at::mm_out into a per-thread buffer; the tile stays in cache), then a fused epilogue turns the products into
-// ranking keys (knn_common.h), checks them for NaN/Inf and updates a sorted running list of the best k + kSlack
-// candidates per query. Finally each query's candidates are re-scored exactly (float64 accumulation) and the
-// best k are written in (distance, index) order.
+// CPU kernel of the exact kNN op. The bank is scanned in tiles: per (query block, bank tile) one GEMM (oneDNN
+// for float32, else at::mm_out into a per-thread buffer; the tile stays in cache), then a fused epilogue turns
+// the products into ranking keys (knn_common.h), checks them for NaN/Inf and updates a sorted running list of
+// the best k + kSlack candidates per query. Finally each query's candidates are re-scored exactly (float64
+// accumulation) and the best k are written in (distance, index) order.
 //
 // Memory: per thread one kQueryBlock x kBankTile product tile (+ one kBankTile x D converted tile for a
 // float16/bfloat16 bank); per query and bank split (k + kSlack) candidates. Nothing grows with M x N.
@@ -206,7 +206,8 @@ void finish(const at::Tensor& query, const at::Tensor& bank, int64_t k, Metric m
       ids.clear();
       for (int64_t s = 0; s < cand.splits; ++s) {
         const int64_t slot = s * cand.rows + m;
-        ids.insert(ids.end(), cand.idx.begin() + slot * cand.cap, cand.idx.begin() + slot * cand.cap + cand.count[slot]);
+        const auto first = cand.idx.begin() + slot * cand.cap;
+        ids.insert(ids.end(), first, first + cand.count[slot]);
       }
       scored.clear();
       for (int64_t j : ids) {
