@@ -20,32 +20,18 @@ in float32 with a different order (relative differences ~1e-6); ``visualize=True
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._validate import FLOAT_DTYPES, check_choice, check_positive_pair, check_tensor
+
 BLOCK_NORMS = ("L1", "L1-sqrt", "L2", "L2-Hys")
+INPUT_DTYPES = (torch.uint8, *FLOAT_DTYPES)
+MAX_ORIENTATIONS = 180
 _EPS = 1e-5
-_INPUT_DTYPES = (torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
-    if isinstance(value, bool):
-        raise TypeError(f"{name}: expected an int or a pair of ints, got {value!r}")
-    if isinstance(value, int):
-        value = (value, value)
-    try:
-        pair = tuple(value)
-    except TypeError:
-        raise TypeError(f"{name}: expected an int or a pair of ints, got {value!r}") from None
-    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
-        raise TypeError(f"{name}: expected an int or a pair of ints, got {value!r}")
-    if min(pair) < 1:
-        raise ValueError(f"{name}: expected positive sizes, got {pair}")
-    return pair
 
 
 def _check_args(
@@ -56,22 +42,16 @@ def _check_args(
     block_norm: str,
     visualize: bool,
 ) -> tuple[tuple[int, int], tuple[int, int]]:
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images: expected a torch.Tensor [B, C, H, W], got {type(images).__name__}")
-    if images.dim() != 4:
-        raise ValueError(f"images: expected a 4-d tensor [B, C, H, W], got shape {tuple(images.shape)}")
-    if images.dtype not in _INPUT_DTYPES:
-        raise TypeError(f"images: expected dtype uint8, float16, bfloat16, float32 or float64, got {images.dtype}")
+    check_tensor(images, "images", ndim=4, dtypes=INPUT_DTYPES)
     if images.shape[1] not in (1, 3):
-        raise ValueError(f"images: expected 1 or 3 channels, got shape {tuple(images.shape)}")
+        raise ValueError(f"images: expected 1 or 3 channels [B, C, H, W], got shape {tuple(images.shape)}")
     if isinstance(orientations, bool) or not isinstance(orientations, int):
         raise TypeError(f"orientations: expected an int, got {orientations!r}")
-    if orientations < 1:
-        raise ValueError(f"orientations: expected >= 1, got {orientations}")
-    cell = _pair(pixels_per_cell, "pixels_per_cell")
-    block = _pair(cells_per_block, "cells_per_block")
-    if block_norm not in BLOCK_NORMS:
-        raise ValueError(f"block_norm: expected one of {BLOCK_NORMS}, got {block_norm!r}")
+    if not 1 <= orientations <= MAX_ORIENTATIONS:
+        raise ValueError(f"orientations: expected 1..{MAX_ORIENTATIONS}, got {orientations}")
+    cell = check_positive_pair(pixels_per_cell, "pixels_per_cell")
+    block = check_positive_pair(cells_per_block, "cells_per_block")
+    check_choice(block_norm, "block_norm", BLOCK_NORMS)
     if visualize and min(cell) < 2:
         raise ValueError(f"pixels_per_cell: visualize=True needs cells of at least 2x2 pixels, got {cell}")
     height, width = images.shape[-2:]
@@ -113,7 +93,7 @@ def line_pixels(r0: int, c0: int, r1: int, c1: int) -> list[tuple[int, int]]:
 
 def hog_stencils(orientations: int, pixels_per_cell: int | Sequence[int]) -> torch.Tensor:
     """0/1 masks of the line drawn for each bin inside one cell, float64 ``[orientations, cell_h, cell_w]``."""
-    cell_h, cell_w = _pair(pixels_per_cell, "pixels_per_cell")
+    cell_h, cell_w = check_positive_pair(pixels_per_cell, "pixels_per_cell")
     radius = min(cell_h, cell_w) // 2 - 1
     centre_r, centre_c = cell_h // 2, cell_w // 2
     mids = np.pi * (np.arange(orientations) + 0.5) / orientations

@@ -1,3 +1,10 @@
-"""Pure-PyTorch reference implementations of every op (same signatures as ad_fast.ops)."""
+"""Pure-PyTorch reference implementations of every ad_fast op, under the ops' own names.
 
+Tests and benchmarks compare the compiled kernels against these; ``ad_fast.ops.use_backend("reference")``
+routes every model through them.
+"""
+
+from .anomaly_map import anomaly_map_reference as anomaly_map
 from .hog import hog_reference as hog
+
+__all__ = ["anomaly_map", "hog"]
