@@ -60,7 +60,7 @@ void cell_row_histograms(const scalar_t* image, const ImageView& view, const Hog
   }
   for (auto* v : {&s.g_col, &s.g_row, &s.best_r, &s.best_c, &s.best_m}) v->assign(used_w, T(0));
   const int64_t interior_end = std::min<int64_t>(used_w, W - 1);  // g_col is zero at x = 0 and x = W - 1
-  const float inv_area = 1.0f / static_cast<float>(g.cell_h * g.cell_w);
+  const float area = static_cast<float>(g.cell_h * g.cell_w);
   for (int64_t y = y0; y < y0 + g.cell_h; ++y) {
     const bool row_grad = y >= 1 && y <= H - 2;
     T* g_col = s.g_col.data();
@@ -111,61 +111,41 @@ void cell_row_histograms(const scalar_t* image, const ImageView& view, const Hog
       }
     }
   }
-  for (int64_t i = 0; i < g.cells_c * n; ++i) hist_row[i] = hist_row[i] * inv_area;
+  for (int64_t i = 0; i < g.cells_c * n; ++i) hist_row[i] = hist_row[i] / area;  // skimage: total / (cell_rows * cell_columns)
 }
 
-// Rows [cell_row * cell_h, (cell_row + 1) * cell_h) of one HOG image: zero, then each bin's line per cell.
+// Rows [cell_row * cell_h, (cell_row + 1) * cell_h) of one HOG image: zero, then each bin's line per cell, added
+// in bin order in float64 and stored in out_t (as skimage's `hog_image[rr, cc] += hist`).
 template <typename out_t>
-void render_cell_row(const float* hist_row, const HogGeometry& g, const Stencils& st,
-                     const std::vector<int64_t>& image_offsets, int64_t cell_row, out_t* image) {
+void render_cell_row(const float* hist_row, const HogGeometry& g, const LineOffsets& lines, int64_t cell_row,
+                     out_t* image) {
   const int64_t W = g.width, n = g.orientations;
   out_t* rows = image + cell_row * g.cell_h * W;
   std::fill(rows, rows + g.cell_h * W, out_t(0));
   for (int64_t cell = 0; cell < g.cells_c; ++cell) {
     out_t* base = rows + cell * g.cell_w;
-    for (int64_t o = 0; o < n; ++o) {
+    for (int o = 0; o < n; ++o) {
       const double v = hist_row[cell * n + o];
       if (v == 0.0) continue;
-      for (int k = st.starts[o]; k < st.starts[o + 1]; ++k) {
-        out_t& px = base[image_offsets[k]];
+      for_each_line_pixel(lines, o, cell_row, cell, g.cell_h, g.cell_w, [&](int u, int x) {
+        out_t& px = base[u * W + x];
         px = static_cast<out_t>(static_cast<double>(px) + v);
-      }
+      });
     }
   }
 }
 
 template <typename out_t>
 void normalise_blocks(const float* hist, const HogGeometry& g, out_t* out) {
-  const int64_t n = g.orientations, cells_c = g.cells_c;
+  const int64_t n = g.orientations, row_stride = g.cells_c * n;
   const int64_t block_len = int64_t(g.block_h) * g.block_w * n;
   at::parallel_for(0, g.batch * g.blocks_r, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / g.blocks_r, br = task % g.blocks_r;
       for (int64_t bc = 0; bc < g.blocks_c; ++bc) {
-        const float* corner = hist + ((b * g.cells_r + br) * cells_c + bc) * n;
-        auto for_each = [&](auto&& fn) {
-          int64_t i = 0;
-          for (int by = 0; by < g.block_h; ++by)
-            for (int bx = 0; bx < g.block_w; ++bx)
-              for (int64_t o = 0; o < n; ++o) fn(i++, static_cast<double>(corner[(by * cells_c + bx) * n + o]));
-        };
-        double first = 0.0, second = 0.0;
-        if (g.norm == BlockNorm::L1 || g.norm == BlockNorm::L1Sqrt) {
-          for_each([&](int64_t, double v) { first += std::fabs(v); });
-          first += kEps;
-        } else {
-          for_each([&](int64_t, double v) { first += v * v; });
-          first = std::sqrt(first + kEps * kEps);
-          if (g.norm == BlockNorm::L2Hys) {
-            for_each([&](int64_t, double v) {
-              const double w = std::fmin(v / first, 0.2);
-              second += w * w;
-            });
-            second = std::sqrt(second + kEps * kEps);
-          }
-        }
-        out_t* dst = out + (task * g.blocks_c + bc) * block_len;
-        for_each([&](int64_t i, double v) { dst[i] = static_cast<out_t>(block_norm_value(v, g.norm, first, second)); });
+        const float* corner = hist + ((b * g.cells_r + br) * g.cells_c + bc) * n;
+        normalise_block(corner, row_stride, g.block_h, g.block_w, g.orientations, g.norm,
+                        out + (task * g.blocks_c + bc) * block_len);
       }
     }
   });
@@ -175,12 +155,7 @@ template <typename scalar_t, typename T, typename out_t>
 void hog_cpu_impl(const at::Tensor& images, const HogGeometry& g, bool transform_sqrt, at::Tensor& hist,
                   at::Tensor& descriptors, at::Tensor* hog_image) {
   const Binning bins = make_binning(g.orientations);
-  Stencils st;
-  std::vector<int64_t> image_offsets;
-  if (hog_image != nullptr) {
-    st = make_stencils(g.orientations, g.cell_h, g.cell_w);
-    for (int off : st.offsets) image_offsets.push_back(int64_t(off / g.cell_w) * g.width + off % g.cell_w);
-  }
+  const LineOffsets lines = make_line_offsets(g.orientations, g.cell_h, g.cell_w);
   const ImageView view{images.stride(0), images.stride(1), images.stride(2), images.stride(3)};
   const scalar_t* src = images.const_data_ptr<scalar_t>();
   float* hist_ptr = hist.mutable_data_ptr<float>();
@@ -194,7 +169,7 @@ void hog_cpu_impl(const at::Tensor& images, const HogGeometry& g, bool transform
       cell_row_histograms<scalar_t, T>(src + b * view.stride_b, view, g, cell_row, transform_sqrt, bins, hist_row,
                                        scratch);
       if (image_ptr != nullptr) {
-        render_cell_row<out_t>(hist_row, g, st, image_offsets, cell_row, image_ptr + b * g.height * g.width);
+        render_cell_row<out_t>(hist_row, g, lines, cell_row, image_ptr + b * g.height * g.width);
       }
     }
   });
