@@ -80,14 +80,16 @@ AD_HOG_HD float atan_unit(float a) {
   return p * a;
 }
 
-// Unsigned gradient angle in units of bins, ~[0, n]: approximate (see kEdgeMarginDegrees), branch-free.
+// Unsigned gradient angle in units of bins, ~[0, n]: approximate (see kEdgeMarginDegrees), branch-free (plain
+// compares, not fminf/fmaxf, which GCC turns into libm calls), so the CPU loop over a pixel row vectorises.
 AD_HOG_HD float approx_bin_position(float g_row, float g_col, float bins_per_radian) {
   const float sign = g_row < 0.f ? -1.f : 1.f;
   const float y = g_row * sign, x = g_col * sign;  // fold into the upper half plane: y >= 0
-  const float ax = fabsf(x);
-  const float lo = fminf(y, ax), hi = fmaxf(y, ax);
-  float t = atan_unit(lo / fmaxf(hi, 1e-30f));
-  t = y > ax ? 1.5707963267948966f - t : t;
+  const float ax = x < 0.f ? -x : x;
+  const bool steep = y > ax;
+  const float lo = steep ? ax : y, hi = steep ? y : ax;
+  float t = atan_unit(lo / (hi > 1e-30f ? hi : 1e-30f));
+  t = steep ? 1.5707963267948966f - t : t;
   t = x < 0.f ? 3.14159265358979f - t : t;
   return t * bins_per_radian;
 }
@@ -115,18 +117,26 @@ inline Binning make_binning(int n) {
   return b;
 }
 
-// Bin of a gradient with non-zero magnitude: exact shortcuts for axis/diagonal directions, the fast angle when
-// it is safely inside a bin, the float64 scikit-image rule otherwise.
-AD_HOG_HD int gradient_bin(double g_row, double g_col, const Binning& b) {
+// Bin of a gradient with non-zero magnitude, given its approx_bin_position: exact shortcuts for the axis and
+// diagonal directions (integer gradients hit them exactly), the fast position when it is safely inside a bin, the
+// float64 scikit-image rule otherwise.
+AD_HOG_HD int gradient_bin(double g_row, double g_col, float position, const Binning& b) {
   if (g_row == 0.0) return b.bin_0;  // atan2(+-0, g_col) is 0 or +-pi: 0 degrees after % 180
   if (g_col == 0.0) return b.bin_90;
   if (g_row == g_col || g_row == -g_col) return (g_row > 0.0) == (g_col > 0.0) ? b.bin_45 : b.bin_135;
-  const float p = approx_bin_position(static_cast<float>(g_row), static_cast<float>(g_col), b.bins_per_radian);
-  const int k = static_cast<int>(p);
-  const float frac = p - static_cast<float>(k);
+  const int k = static_cast<int>(position);
+  const float frac = position - static_cast<float>(k);
   if (frac >= b.margin && frac <= 1.f - b.margin && k >= 0 && k < b.n) return k;
   return exact_bin(g_row, g_col, b.edges, b.n);
 }
+
+AD_HOG_HD int gradient_bin(double g_row, double g_col, const Binning& b) {
+  return gradient_bin(g_row, g_col,
+                      approx_bin_position(static_cast<float>(g_row), static_cast<float>(g_col), b.bins_per_radian), b);
+}
+
+// np.minimum(v, 0.2): NaN stays NaN (fmin would drop it).
+AD_HOG_HD double clip_hys(double v) { return v > 0.2 ? 0.2 : v; }
 
 // One block normalised as scikit-image does (eps = 1e-5, float64):
 //   L1: v / (sum|v| + eps); L1-sqrt: sqrt(v / (sum|v| + eps)); L2: v / sqrt(sum v^2 + eps^2);
@@ -146,7 +156,7 @@ AD_HOG_HD void normalise_block(const float* corner, int64_t row_stride, int bloc
   if (norm == BlockNorm::L2Hys) {
     for (int by = 0; by < block_h; ++by)
       for (int i = 0; i < block_w * n; ++i) {
-        const double w = fmin(corner[by * row_stride + i] / first, 0.2);
+        const double w = clip_hys(corner[by * row_stride + i] / first);
         second += w * w;
       }
     second = sqrt(second + kEps * kEps);
@@ -160,7 +170,7 @@ AD_HOG_HD void normalise_block(const float* corner, int64_t row_stride, int bloc
           out = sqrt(v / first);
           break;
         case BlockNorm::L2Hys:
-          out = fmin(v / first, 0.2) / second;
+          out = clip_hys(v / first) / second;
           break;
         default:
           out = v / first;

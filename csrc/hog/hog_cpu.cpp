@@ -20,11 +20,13 @@ namespace ad_fast {
 namespace hog {
 namespace {
 
-// Magnitude that picks the dominant channel, rounded like scikit-image's np.hypot in its float type.
-inline float channel_magnitude(float r, float c) {
-  return static_cast<float>(std::sqrt(static_cast<double>(r) * r + static_cast<double>(c) * c));
+// Squared magnitude that picks the dominant channel (float products are exact in double). Comparing squares
+// instead of scikit-image's np.hypot in its float type keeps the loop vectorised (a libm sqrt is not); the two
+// orders differ only for float images whose channel magnitudes agree to the last float32 bit.
+inline double squared_magnitude(float r, float c) {
+  return static_cast<double>(r) * r + static_cast<double>(c) * c;
 }
-inline double channel_magnitude(double r, double c) { return std::sqrt(r * r + c * c); }
+inline double squared_magnitude(double r, double c) { return r * r + c * c; }
 
 struct ImageView {
   int64_t stride_b, stride_c, stride_h, stride_w;
@@ -34,7 +36,9 @@ struct ImageView {
 template <typename T>
 struct Scratch {
   std::vector<T> rows;                             // channels x loaded rows x loaded width
-  std::vector<T> g_col, g_row, best_r, best_c, best_m;  // one pixel row
+  std::vector<T> g_col, g_row, best_r, best_c;  // one pixel row
+  std::vector<double> best_m;
+  std::vector<float> position;  // approx_bin_position per pixel of the row
 };
 
 // Cell histograms of cell row `cell_row` of one image, written to hist_row [cells_c, n] (already zero).
@@ -52,13 +56,21 @@ void cell_row_histograms(const scalar_t* image, const ImageView& view, const Hog
     for (int64_t r = 0; r < n_rows; ++r) {
       const scalar_t* src = image + c * view.stride_c + (y_lo + r) * view.stride_h;
       T* dst = s.rows.data() + (c * n_rows + r) * load_w;
-      for (int64_t x = 0; x < load_w; ++x) dst[x] = static_cast<T>(src[x * view.stride_w]);
+      if (view.stride_w == 1) {
+        for (int64_t x = 0; x < load_w; ++x) dst[x] = static_cast<T>(src[x]);
+      } else {
+        for (int64_t x = 0; x < load_w; ++x) dst[x] = static_cast<T>(src[x * view.stride_w]);
+      }
       if (transform_sqrt) {
         for (int64_t x = 0; x < load_w; ++x) dst[x] = std::sqrt(dst[x]);
       }
     }
   }
-  for (auto* v : {&s.g_col, &s.g_row, &s.best_r, &s.best_c, &s.best_m}) v->assign(used_w, T(0));
+  for (auto* v : {&s.g_col, &s.g_row, &s.best_r, &s.best_c}) v->assign(used_w, T(0));
+  s.best_m.resize(used_w);
+  s.position.resize(used_w);
+  float* position = s.position.data();
+  const float bins_per_radian = bins.bins_per_radian;
   const int64_t interior_end = std::min<int64_t>(used_w, W - 1);  // g_col is zero at x = 0 and x = W - 1
   const float area = static_cast<float>(g.cell_h * g.cell_w);
   for (int64_t y = y0; y < y0 + g.cell_h; ++y) {
@@ -67,7 +79,7 @@ void cell_row_histograms(const scalar_t* image, const ImageView& view, const Hog
     T* g_row = s.g_row.data();
     T* best_r = s.best_r.data();
     T* best_c = s.best_c.data();
-    T* best_m = s.best_m.data();
+    double* best_m = s.best_m.data();
     for (int64_t c = 0; c < C; ++c) {
       const T* cur = s.rows.data() + (c * n_rows + (y - y_lo)) * load_w;
       for (int64_t x = 1; x < interior_end; ++x) g_col[x] = cur[x + 1] - cur[x - 1];
@@ -84,11 +96,11 @@ void cell_row_histograms(const scalar_t* image, const ImageView& view, const Hog
           best_c[x] = g_col[x];
         }
         if (C > 1) {
-          for (int64_t x = 0; x < used_w; ++x) best_m[x] = channel_magnitude(g_row[x], g_col[x]);
+          for (int64_t x = 0; x < used_w; ++x) best_m[x] = squared_magnitude(g_row[x], g_col[x]);
         }
       } else {
         for (int64_t x = 0; x < used_w; ++x) {
-          const T m = channel_magnitude(g_row[x], g_col[x]);
+          const double m = squared_magnitude(g_row[x], g_col[x]);
           const bool wins = m > best_m[x];  // first channel wins ties (NumPy argmax)
           best_m[x] = wins ? m : best_m[x];
           best_r[x] = wins ? g_row[x] : best_r[x];
@@ -96,13 +108,16 @@ void cell_row_histograms(const scalar_t* image, const ImageView& view, const Hog
         }
       }
     }
+    for (int64_t x = 0; x < used_w; ++x) {  // vectorised: fast angle of the whole row
+      position[x] = approx_bin_position(static_cast<float>(best_r[x]), static_cast<float>(best_c[x]), bins_per_radian);
+    }
     for (int64_t cell = 0; cell < g.cells_c; ++cell) {
       float* h = hist_row + cell * n;
       for (int64_t x = cell * g.cell_w; x < (cell + 1) * g.cell_w; ++x) {
         const double r = best_r[x], c = best_c[x];
+        if (r == 0.0 && c == 0.0) continue;  // adds +0.0
         const double mag = std::sqrt(r * r + c * c);
-        if (mag == 0.0) continue;  // adds +0.0
-        const int k = gradient_bin(r, c, bins);
+        const int k = gradient_bin(r, c, position[x], bins);
         if (k >= 0) {
           h[k] = static_cast<float>(h[k] + mag);  // scikit-image's `float total; total += magnitude`
         } else if (k == kAllBins) {
