@@ -203,17 +203,31 @@ inline LineOffsets make_line_offsets(int n, int cell_h, int cell_w) {
   return lines;
 }
 
-// Calls fn(u, v) for every pixel of bin o's line in cell (cell_row, cell_col); (u, v) relative to the cell origin.
-// Integer Bresenham exactly as skimage.draw.line (both ends included, no pixel twice).
+// Endpoints of bin o's line along one axis of a cell, relative to the cell's first pixel on that axis: rows use
+// (lo, hi) = (start - d_c, start + d_c) and columns (start + d_r, start - d_r), truncated in absolute coordinates.
+struct AxisEnds {
+  int first, last;
+};
+
+AD_HOG_HD AxisEnds row_ends(const LineOffsets& lines, int o, int64_t cell_row, int cell_h) {
+  const int64_t top = cell_row * cell_h;
+  const double cy = static_cast<double>(top + cell_h / 2);
+  return {static_cast<int>(static_cast<int64_t>(cy - lines.d_c[o]) - top),
+          static_cast<int>(static_cast<int64_t>(cy + lines.d_c[o]) - top)};
+}
+
+AD_HOG_HD AxisEnds col_ends(const LineOffsets& lines, int o, int64_t cell_col, int cell_w) {
+  const int64_t left = cell_col * cell_w;
+  const double cx = static_cast<double>(left + cell_w / 2);
+  return {static_cast<int>(static_cast<int64_t>(cx + lines.d_r[o]) - left),
+          static_cast<int>(static_cast<int64_t>(cx - lines.d_r[o]) - left)};
+}
+
+// Calls fn(u, v) for every pixel of the line (rows.first, cols.first) -> (rows.last, cols.last): integer Bresenham
+// exactly as skimage.draw.line (both ends included, no pixel twice).
 template <typename Fn>
-AD_HOG_HD void for_each_line_pixel(const LineOffsets& lines, int o, int64_t cell_row, int64_t cell_col, int cell_h,
-                                   int cell_w, Fn&& fn) {
-  const int64_t top = cell_row * cell_h, left = cell_col * cell_w;
-  const double cy = static_cast<double>(top + cell_h / 2), cx = static_cast<double>(left + cell_w / 2);
-  const int r0 = static_cast<int>(static_cast<int64_t>(cy - lines.d_c[o]) - top);
-  const int c0 = static_cast<int>(static_cast<int64_t>(cx + lines.d_r[o]) - left);
-  const int r1 = static_cast<int>(static_cast<int64_t>(cy + lines.d_c[o]) - top);
-  const int c1 = static_cast<int>(static_cast<int64_t>(cx - lines.d_r[o]) - left);
+AD_HOG_HD void for_each_line_pixel(AxisEnds rows, AxisEnds cols, Fn&& fn) {
+  const int r0 = rows.first, r1 = rows.last, c0 = cols.first, c1 = cols.last;
   const int dr = r1 > r0 ? r1 - r0 : r0 - r1, dc = c1 > c0 ? c1 - c0 : c0 - c1;
   const int step_r = r1 - r0 > 0 ? 1 : -1, step_c = c1 - c0 > 0 ? 1 : -1;
   const bool steep = dr > dc;

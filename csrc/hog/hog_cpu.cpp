@@ -129,23 +129,60 @@ void cell_row_histograms(const scalar_t* image, const ImageView& view, const Hog
   for (int64_t i = 0; i < g.cells_c * n; ++i) hist_row[i] = hist_row[i] / area;  // skimage: total / (cell_rows * cell_columns)
 }
 
+// Column endpoints of every bin's line in every cell column, deduplicated: a bin's line has one or two shapes
+// along the columns (see LineOffsets), so each task draws every (bin, shape) once and stamps it into its cells.
+struct ColumnShapes {
+  std::vector<std::vector<AxisEnds>> shapes;  // [bin] -> distinct column endpoints
+  std::vector<int> shape_of;                  // [bin * cells_c + cell_col] -> index into shapes[bin]
+};
+
+ColumnShapes make_column_shapes(const LineOffsets& lines, const HogGeometry& g) {
+  ColumnShapes cs;
+  cs.shapes.resize(g.orientations);
+  cs.shape_of.resize(g.orientations * g.cells_c);
+  for (int o = 0; o < g.orientations; ++o) {
+    for (int64_t col = 0; col < g.cells_c; ++col) {
+      const AxisEnds ends = col_ends(lines, o, col, g.cell_w);
+      auto& list = cs.shapes[o];
+      size_t j = 0;
+      while (j < list.size() && (list[j].first != ends.first || list[j].last != ends.last)) ++j;
+      if (j == list.size()) list.push_back(ends);
+      cs.shape_of[o * g.cells_c + col] = static_cast<int>(j);
+    }
+  }
+  return cs;
+}
+
 // Rows [cell_row * cell_h, (cell_row + 1) * cell_h) of one HOG image: zero, then each bin's line per cell, added
 // in bin order in float64 and stored in out_t (as skimage's `hog_image[rr, cc] += hist`).
 template <typename out_t>
-void render_cell_row(const float* hist_row, const HogGeometry& g, const LineOffsets& lines, int64_t cell_row,
-                     out_t* image) {
+void render_cell_row(const float* hist_row, const HogGeometry& g, const LineOffsets& lines, const ColumnShapes& cs,
+                     int64_t cell_row, std::vector<int64_t>& offsets, std::vector<int>& starts, out_t* image) {
   const int64_t W = g.width, n = g.orientations;
+  offsets.clear();
+  starts.clear();
+  for (int o = 0; o < n; ++o) {  // pixel offsets (from the cell's top-left pixel) of every (bin, column shape)
+    const AxisEnds rows = row_ends(lines, o, cell_row, g.cell_h);
+    for (const AxisEnds& cols : cs.shapes[o]) {
+      starts.push_back(static_cast<int>(offsets.size()));
+      for_each_line_pixel(rows, cols, [&](int u, int x) { offsets.push_back(u * W + x); });
+    }
+  }
+  starts.push_back(static_cast<int>(offsets.size()));
   out_t* rows = image + cell_row * g.cell_h * W;
   std::fill(rows, rows + g.cell_h * W, out_t(0));
   for (int64_t cell = 0; cell < g.cells_c; ++cell) {
     out_t* base = rows + cell * g.cell_w;
+    int first_shape = 0;  // index of (bin o, shape 0) in starts
     for (int o = 0; o < n; ++o) {
       const double v = hist_row[cell * n + o];
+      const int shape = first_shape + cs.shape_of[o * g.cells_c + cell];
+      first_shape += static_cast<int>(cs.shapes[o].size());
       if (v == 0.0) continue;
-      for_each_line_pixel(lines, o, cell_row, cell, g.cell_h, g.cell_w, [&](int u, int x) {
-        out_t& px = base[u * W + x];
+      for (int k = starts[shape]; k < starts[shape + 1]; ++k) {
+        out_t& px = base[offsets[k]];
         px = static_cast<out_t>(static_cast<double>(px) + v);
-      });
+      }
     }
   }
 }
@@ -171,6 +208,7 @@ void hog_cpu_impl(const at::Tensor& images, const HogGeometry& g, bool transform
                   at::Tensor& descriptors, at::Tensor* hog_image) {
   const Binning bins = make_binning(g.orientations);
   const LineOffsets lines = make_line_offsets(g.orientations, g.cell_h, g.cell_w);
+  const ColumnShapes shapes = make_column_shapes(lines, g);
   const ImageView view{images.stride(0), images.stride(1), images.stride(2), images.stride(3)};
   const scalar_t* src = images.const_data_ptr<scalar_t>();
   float* hist_ptr = hist.mutable_data_ptr<float>();
@@ -178,13 +216,15 @@ void hog_cpu_impl(const at::Tensor& images, const HogGeometry& g, bool transform
   const int64_t row_len = g.cells_c * g.orientations;
   at::parallel_for(0, g.batch * g.cells_r, 1, [&](int64_t begin, int64_t end) {
     Scratch<T> scratch;
+    std::vector<int64_t> line_offsets;
+    std::vector<int> line_starts;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / g.cells_r, cell_row = task % g.cells_r;
       float* hist_row = hist_ptr + task * row_len;
       cell_row_histograms<scalar_t, T>(src + b * view.stride_b, view, g, cell_row, transform_sqrt, bins, hist_row,
                                        scratch);
       if (image_ptr != nullptr) {
-        render_cell_row<out_t>(hist_row, g, lines, cell_row, image_ptr + b * g.height * g.width);
+        render_cell_row<out_t>(hist_row, g, lines, shapes, cell_row, line_offsets, line_starts, image_ptr + b * g.height * g.width);
       }
     }
   });

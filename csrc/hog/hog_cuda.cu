@@ -116,7 +116,7 @@ __global__ void render_kernel(const float* __restrict__ hist, HogGeometry g, con
     for (int o = 0; o < n; ++o) {
       const double v = hist[cell * n + o];
       if (v == 0.0) continue;
-      for_each_line_pixel(lines, o, cr, cc, g.cell_h, g.cell_w, [&](int u, int x) {
+      for_each_line_pixel(row_ends(lines, o, cr, g.cell_h), col_ends(lines, o, cc, g.cell_w), [&](int u, int x) {
         out_t& px = base[u * width + x];
         px = static_cast<out_t>(__dadd_rn(static_cast<double>(px), v));
       });
