@@ -29,13 +29,11 @@ __device__ __forceinline__ double value_of(double v) { return v; }
 __device__ __forceinline__ float exact_sqrt(float v) { return __fsqrt_rn(v); }
 __device__ __forceinline__ double exact_sqrt(double v) { return __dsqrt_rn(v); }
 
-// Magnitude that picks the dominant channel, rounded like np.hypot in scikit-image's float type.
-__device__ __forceinline__ float channel_magnitude(float r, float c) {
+// Squared magnitude that picks the dominant channel, in float64 (exact for float32 gradients), as the CPU kernel.
+template <typename T>
+__device__ __forceinline__ double squared_magnitude(T r, T c) {
   const double rr = r, cc = c;
-  return __double2float_rn(__dsqrt_rn(__dadd_rn(__dmul_rn(rr, rr), __dmul_rn(cc, cc))));
-}
-__device__ __forceinline__ double channel_magnitude(double r, double c) {
-  return __dsqrt_rn(__dadd_rn(__dmul_rn(r, r), __dmul_rn(c, c)));
+  return __dadd_rn(__dmul_rn(rr, rr), __dmul_rn(cc, cc));
 }
 
 template <typename scalar_t, typename T>
@@ -56,7 +54,8 @@ __global__ void pixel_kernel(const scalar_t* __restrict__ images, int64_t s_b, i
     const int64_t x = idx % used_w, y = (idx / used_w) % used_h, b = idx / (used_w * used_h);
     const bool row_grad = y >= 1 && y <= g.height - 2;
     const bool col_grad = x >= 1 && x <= g.width - 2;
-    T best_r = 0, best_c = 0, best_m = 0;
+    T best_r = 0, best_c = 0;
+    double best_m = 0.0;
     for (int64_t c = 0; c < g.channels; ++c) {
       const scalar_t* plane = images + b * s_b + c * s_c;
       const T r = row_grad ? load<scalar_t, T>(plane, s_h, s_w, y + 1, x, transform_sqrt) -
@@ -65,7 +64,7 @@ __global__ void pixel_kernel(const scalar_t* __restrict__ images, int64_t s_b, i
       const T col = col_grad ? load<scalar_t, T>(plane, s_h, s_w, y, x + 1, transform_sqrt) -
                                    load<scalar_t, T>(plane, s_h, s_w, y, x - 1, transform_sqrt)
                              : T(0);
-      const T m = channel_magnitude(r, col);
+      const double m = squared_magnitude(r, col);
       if (c == 0 || m > best_m) {  // first channel wins ties (NumPy argmax)
         best_m = m;
         best_r = r;
