@@ -14,7 +14,7 @@ from skimage import data, draw
 from skimage.feature import hog as sk_hog
 
 from ad_fast.ops import hog, reference
-from ad_fast.ops.hog import BLOCK_NORMS, hog_stencils
+from ad_fast.ops.hog import BLOCK_NORMS, hog_stencils, line_endpoints
 
 DESC_RTOL, DESC_ATOL, IMAGE_RTOL = 1e-4, 1e-6, 1e-4
 
@@ -113,6 +113,15 @@ def test_exact_bin_edges_and_the_180_quirk():
     expected_desc, _ = skimage_hog(ramp, 9, (4, 4), (2, 2), "L1")
     desc = hog(to_batch(ramp), 9, (4, 4), (2, 2), "L1", visualize=False, backend="kernel")
     np.testing.assert_allclose(desc[0].numpy(), expected_desc, rtol=DESC_RTOL, atol=DESC_ATOL)
+
+
+def test_line_shape_changes_between_cells_like_skimage():
+    """9 bins, 6-pixel cells: bin 7's column offset 2 * sin(150 degrees) is 0.99999999999999..., so ``int(cx - d_r)``
+    depends on how the sum rounds at each absolute centre and bin 7's line changes shape along the image."""
+    r0, r1, c0, c1 = line_endpoints(9, (6, 6), (10, 40))
+    assert len(set(c1[7].tolist())) == 2  # the quirk is exercised
+    image = np.random.default_rng(5).integers(0, 256, size=(60, 240)).astype(np.uint8)
+    check_against_skimage(image, 9, (6, 6), (2, 2), "L2", backends=("kernel", "reference"))
 
 
 def test_stencils_match_skimage_draw_and_the_spec():
