@@ -286,7 +286,7 @@ def hog(
             images, orientations, cell, block, block_norm, transform_sqrt, visualize, feature_vector
         )
     descriptors, hog_image = torch.ops.ad_fast.hog(
-        images, orientations, list(cell), list(block), block_norm, transform_sqrt, visualize
+        images.detach(), orientations, list(cell), list(block), block_norm, transform_sqrt, visualize
     )
     if feature_vector:
         descriptors = descriptors.reshape(descriptors.shape[0], -1)

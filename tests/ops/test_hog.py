@@ -181,6 +181,13 @@ def test_minimal_size_and_single_cell():
     check_against_skimage(image, 9, (8, 8), (1, 1), "L2-Hys", backends=("kernel", "reference"))
     image = np.random.default_rng(2).integers(0, 256, size=(2, 3)).astype(np.uint8)
     check_against_skimage(image, 5, (2, 3), (1, 1), "L1", backends=("kernel", "reference"))
+    rng = np.random.default_rng(3)
+    for shape in [(1, 1), (3, 2), (7, 1)]:  # 1-pixel cells and images: descriptors only
+        image = rng.integers(0, 256, size=shape).astype(np.uint8)
+        expected = sk_hog(image, 5, (1, 1), (1, 1), "L1")
+        for backend in ("kernel", "reference"):
+            desc = hog(to_batch(image), 5, 1, 1, "L1", visualize=False, backend=backend)
+            np.testing.assert_allclose(desc[0].numpy(), expected, rtol=DESC_RTOL, atol=DESC_ATOL)
 
 
 @pytest.mark.parametrize("backend", ["kernel", "reference"])
