@@ -224,6 +224,17 @@ def test_op_direct_call_errors_and_opcheck():
     torch.library.opcheck(torch.ops.ad_fast.hog, (images.float(), 4, [8, 8], [1, 1], "L2-Hys", True, False))
 
 
+def test_torch_compile():
+    images = torch.randint(0, 256, (2, 3, 20, 27), dtype=torch.uint8)
+    compiled = torch.compile(
+        lambda x: torch.ops.ad_fast.hog(x, 9, [4, 5], [2, 2], "L2-Hys", False, True), fullgraph=True
+    )
+    desc, image = compiled(images)
+    ref_desc, ref_image = reference.hog(images, 9, (4, 5), (2, 2), feature_vector=False)
+    torch.testing.assert_close(desc, ref_desc, rtol=DESC_RTOL, atol=DESC_ATOL)
+    torch.testing.assert_close(image, ref_image, rtol=0, atol=IMAGE_RTOL * float(ref_image.abs().max()))
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32, torch.float64, torch.float16])
 def test_cuda_matches_cpu_kernel(dtype):
