@@ -52,6 +52,7 @@ def _check_args(
     cells_per_block: int | Sequence[int],
     block_norm: str,
     visualize: bool,
+    transform_sqrt: bool,
 ) -> tuple[tuple[int, int], tuple[int, int]]:
     check_tensor(images, "images", ndim=4, dtypes=INPUT_DTYPES)
     if images.shape[1] not in (1, 3):
@@ -65,6 +66,8 @@ def _check_args(
     check_choice(block_norm, "block_norm", BLOCK_NORMS)
     if visualize and min(cell) < 2:
         raise ValueError(f"pixels_per_cell: visualize=True needs cells of at least 2x2 pixels, got {cell}")
+    if transform_sqrt and images.is_floating_point() and bool((images < 0).any()):
+        raise ValueError("images: transform_sqrt=True needs non-negative values (the square root would be NaN)")
     height, width = images.shape[-2:]
     min_h, min_w = cell[0] * block[0], cell[1] * block[1]
     if height < min_h or width < min_w:
@@ -156,7 +159,9 @@ def _gradients(images: torch.Tensor, transform_sqrt: bool) -> tuple[torch.Tensor
     return g_row.gather(1, winner)[:, 0].double(), g_col.gather(1, winner)[:, 0].double()
 
 
-def _cell_histograms(images: torch.Tensor, orientations: int, cell: tuple[int, int], transform_sqrt: bool) -> torch.Tensor:
+def _cell_histograms(
+    images: torch.Tensor, orientations: int, cell: tuple[int, int], transform_sqrt: bool
+) -> torch.Tensor:
     """Un-normalised cell histograms, float64 ``[B, n_cells_row, n_cells_col, orientations]``."""
     g_row, g_col = _gradients(images, transform_sqrt)
     batch, height, width = g_row.shape
@@ -233,7 +238,9 @@ def hog_reference(
     feature_vector: bool = True,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Pure-PyTorch :func:`hog` (float64 internally); same arguments, shapes and errors."""
-    cell, block = _check_args(images, orientations, pixels_per_cell, cells_per_block, block_norm, visualize)
+    cell, block = _check_args(
+        images, orientations, pixels_per_cell, cells_per_block, block_norm, visualize, transform_sqrt
+    )
     out_dtype = _output_dtype(images.dtype)
     device = images.device
     images = images.detach().cpu()
@@ -280,7 +287,9 @@ def hog(
         TypeError / ValueError: wrong type, rank, dtype, channel count, zero size or arguments; an image smaller
         than one block.
     """
-    cell, block = _check_args(images, orientations, pixels_per_cell, cells_per_block, block_norm, visualize)
+    cell, block = _check_args(
+        images, orientations, pixels_per_cell, cells_per_block, block_norm, visualize, transform_sqrt
+    )
     if not use_kernel("hog", images.device, backend):
         return hog_reference(
             images, orientations, cell, block, block_norm, transform_sqrt, visualize, feature_vector

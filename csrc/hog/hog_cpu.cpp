@@ -126,7 +126,8 @@ void cell_row_histograms(const scalar_t* image, const ImageView& view, const Hog
       }
     }
   }
-  for (int64_t i = 0; i < g.cells_c * n; ++i) hist_row[i] = hist_row[i] / area;  // skimage: total / (cell_rows * cell_columns)
+  // skimage: float total / (cell_rows * cell_columns)
+  for (int64_t i = 0; i < g.cells_c * n; ++i) hist_row[i] = hist_row[i] / area;
 }
 
 // Column endpoints of every bin's line in every cell column, deduplicated: a bin's line has one or two shapes
@@ -224,7 +225,8 @@ void hog_cpu_impl(const at::Tensor& images, const HogGeometry& g, bool transform
       cell_row_histograms<scalar_t, T>(src + b * view.stride_b, view, g, cell_row, transform_sqrt, bins, hist_row,
                                        scratch);
       if (image_ptr != nullptr) {
-        render_cell_row<out_t>(hist_row, g, lines, shapes, cell_row, line_offsets, line_starts, image_ptr + b * g.height * g.width);
+        render_cell_row<out_t>(hist_row, g, lines, shapes, cell_row, line_offsets, line_starts,
+                               image_ptr + b * g.height * g.width);
       }
     }
   });

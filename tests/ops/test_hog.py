@@ -207,6 +207,7 @@ def test_bad_input(backend):
         (ValueError, "pixels_per_cell", lambda: hog(good, pixels_per_cell=(8, 0), backend=backend)),
         (ValueError, "pixels_per_cell", lambda: hog(good, pixels_per_cell=1, backend=backend)),
         (ValueError, "cells_per_block", lambda: hog(good, cells_per_block=(1, 2, 3), backend=backend)),
+        (ValueError, "non-negative", lambda: hog(good - 1, transform_sqrt=True, backend=backend)),
     ]
     for error, words, call in cases:
         with pytest.raises(error, match=words):
@@ -239,9 +240,15 @@ def test_torch_compile():
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32, torch.float64, torch.float16])
 def test_cuda_matches_cpu_kernel(dtype):
     images = (torch.rand(3, 3, 75, 93) * 255).to(dtype)
-    for args in [(9, (8, 8), (3, 3), "L2-Hys", False), (18, (4, 4), (2, 2), "L1-sqrt", True), (4, (16, 5), (1, 2), "L1", False)]:
+    settings = [
+        (9, (8, 8), (3, 3), "L2-Hys", False),
+        (18, (4, 4), (2, 2), "L1-sqrt", True),
+        (4, (16, 5), (1, 2), "L1", False),
+    ]
+    on_gpu = images.cuda().contiguous(memory_format=torch.channels_last)
+    for args in settings:
         desc, image = hog(images, *args, backend="kernel")
-        cuda_desc, cuda_image = hog(images.cuda().contiguous(memory_format=torch.channels_last), *args, backend="kernel")
+        cuda_desc, cuda_image = hog(on_gpu, *args, backend="kernel")
         torch.testing.assert_close(cuda_desc.cpu(), desc, rtol=DESC_RTOL, atol=DESC_ATOL)
         torch.testing.assert_close(cuda_image.cpu(), image, rtol=0, atol=IMAGE_RTOL * float(image.abs().max()))
 
