@@ -28,7 +28,8 @@ def epoch_batches(n_items: int, batch_size: int, seed: int) -> list[torch.Tensor
     order = torch.randperm(n_items, generator=torch.Generator().manual_seed(seed))
     batches = list(order.split(batch_size))
     if len(batches) > 1 and len(batches[-1]) == 1:
-        batches[-2] = torch.cat([batches[-2], batches.pop()])
+        last = batches.pop()
+        batches[-1] = torch.cat([batches[-1], last])
     return batches
 
 
