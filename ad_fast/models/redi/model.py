@@ -143,6 +143,19 @@ class ReDi(nn.Module):
 
     # ----------------------------------------------------------------- training
 
+    def recovery_loss(self, x: torch.Tensor, hog: torch.Tensor, prompt_index: torch.Tensor) -> torch.Tensor:
+        """Stage-1 loss of one batch: L2 + λ_M·MSGMS between X (Tensor[B, 3, S, S] in [0, 1], mapped to [-1, 1])
+        and Y = HIP(H, X⁺)."""
+        y = self.recover_images(hog, prompt_index)
+        return recovery_loss(x.to(self.device) * 2.0 - 1.0, y, self.config.msgms_weight)
+
+    def discrimination_loss(self, x: torch.Tensor, hog: torch.Tensor, prompt_index: torch.Tensor) -> torch.Tensor:
+        """Stage-2 loss of one batch: L_D + λ_S·L_S between F_X and F_Y, with Y from the frozen HIP (no grad)."""
+        with torch.no_grad():
+            y = self.recover_images(hog, prompt_index)
+        feats_x, feats_y = self.feature_pair(x, y)
+        return discrimination_loss(feats_x, feats_y, self.config.self_corr_weight)
+
     def fit(
         self,
         images: ImageInput | Sequence[ImageInput],
@@ -174,24 +187,15 @@ class ReDi(nn.Module):
         with torch.no_grad():
             hog = torch.cat([self.hog_map(chunk) for chunk in x.split(_FEATURE_CHUNK)])
         history: dict[str, list[float]] = {}
-        cfg = self.config
         if 1 in stages:
-            def recover_step(batch: torch.Tensor) -> torch.Tensor:
-                y = self.recover_images(hog[batch], prompt_index[batch])
-                return recovery_loss(x[batch] * 2.0 - 1.0, y, cfg.msgms_weight)
-
             self.recover.requires_grad_(True)
-            history["recover"] = run_stage(1, self.recover, recover_step, x.shape[0], cfg, checkpoint_dir, resume, progress)
+            step = lambda batch: self.recovery_loss(x[batch], hog[batch], prompt_index[batch])  # noqa: E731
+            history["recover"] = run_stage(1, self.recover, step, x.shape[0], self.config, checkpoint_dir, resume, progress)
             self._mark_trained(1)
         if 2 in stages:
-            def discriminate_step(batch: torch.Tensor) -> torch.Tensor:
-                with torch.no_grad():
-                    y = self.recover_images(hog[batch], prompt_index[batch])
-                feats_x, feats_y = self.feature_pair(x[batch], y)
-                return discrimination_loss(feats_x, feats_y, cfg.self_corr_weight)
-
             self.recover.eval().requires_grad_(False)
-            history["discriminate"] = run_stage(2, self.student, discriminate_step, x.shape[0], cfg, checkpoint_dir, resume, progress)
+            step = lambda batch: self.discrimination_loss(x[batch], hog[batch], prompt_index[batch])  # noqa: E731
+            history["discriminate"] = run_stage(2, self.student, step, x.shape[0], self.config, checkpoint_dir, resume, progress)
             self._mark_trained(2)
         self.eval()
         return history
