@@ -26,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._extension import has_ops
+from ._backend import use_kernel
 from ._validate import FLOAT_DTYPES, check_choice, check_positive_pair, check_tensor
 
 BLOCK_NORMS = ("L1", "L1-sqrt", "L2", "L2-Hys")
@@ -203,27 +205,55 @@ def hog(
     transform_sqrt: bool = False,
     visualize: bool = True,
     feature_vector: bool = True,
+    backend: str | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Histogram of Oriented Gradients of a batch, matching ``skimage.feature.hog`` (see the module docstring).
 
     Args:
-        images: ``[B, C, H, W]`` with C in (1, 3); uint8 or floating. Colour images use the per-pixel dominant
-            channel (``channel_axis=-1`` in scikit-image).
-        orientations: number of unsigned orientation bins over [0, 180).
+        images: ``[B, C, H, W]`` with C in (1, 3); uint8 or floating, any strides. Colour images use the
+            per-pixel dominant channel (``channel_axis=-1`` in scikit-image).
+        orientations: number of unsigned orientation bins over [0, 180), 1..180.
         pixels_per_cell: cell size (rows, cols) or one int.
         cells_per_block: block size in cells (rows, cols) or one int.
         block_norm: "L1", "L1-sqrt", "L2" or "L2-Hys".
         transform_sqrt: take the square root of the image first (non-negative images only).
         visualize: also return the HOG image.
         feature_vector: flatten each image's descriptor to ``[F]``.
+        backend: None | "auto" | "kernel" | "reference", overriding the global choice (see ``ad_fast.ops``).
 
     Returns:
         descriptors ``[B, F]`` (``feature_vector``) or ``[B, n_blocks_row, n_blocks_col, block_h, block_w, O]``;
         with ``visualize`` also the HOG image ``[B, 1, H, W]``. float64 for float64 input, float32 otherwise.
 
     Raises:
-        TypeError / ValueError: wrong type, rank, dtype, channel count or arguments; an image smaller than one block.
+        TypeError / ValueError: wrong type, rank, dtype, channel count, zero size or arguments; an image smaller
+        than one block.
     """
-    return hog_reference(
-        images, orientations, pixels_per_cell, cells_per_block, block_norm, transform_sqrt, visualize, feature_vector
+    cell, block = _check_args(images, orientations, pixels_per_cell, cells_per_block, block_norm, visualize)
+    if not use_kernel("hog", images.device, backend):
+        return hog_reference(
+            images, orientations, cell, block, block_norm, transform_sqrt, visualize, feature_vector
+        )
+    descriptors, hog_image = torch.ops.ad_fast.hog(
+        images, orientations, list(cell), list(block), block_norm, transform_sqrt, visualize
     )
+    if feature_vector:
+        descriptors = descriptors.reshape(descriptors.shape[0], -1)
+    return (descriptors, hog_image) if visualize else descriptors
+
+
+if has_ops():
+
+    @torch.library.register_fake("ad_fast::hog")
+    def _hog_fake(images, orientations, pixels_per_cell, cells_per_block, block_norm, transform_sqrt, visualize):
+        torch._check(images.dim() == 4, lambda: "images must be 4-d [B, C, H, W]")
+        batch, _, height, width = images.shape
+        blocks_r = height // pixels_per_cell[0] - cells_per_block[0] + 1
+        blocks_c = width // pixels_per_cell[1] - cells_per_block[1] + 1
+        torch._check(blocks_r >= 1 and blocks_c >= 1, lambda: "images are smaller than one block")
+        dtype = _output_dtype(images.dtype)
+        descriptors = images.new_empty(
+            (batch, blocks_r, blocks_c, cells_per_block[0], cells_per_block[1], orientations), dtype=dtype
+        )
+        hog_image = images.new_empty((batch, 1, height, width) if visualize else (0,), dtype=dtype)
+        return descriptors, hog_image
