@@ -275,3 +275,21 @@ def test_bad_input_errors(trained, tmp_path):
     corrupt.write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="path"):
         ReDi.from_pretrained(corrupt)
+
+
+@pytest.mark.cuda
+def test_predict_cuda_matches_cpu(trained, tmp_path):
+    model, _ = trained
+    path = tmp_path / "redi.safetensors"
+    model.save(path)
+    gpu = ReDi.from_pretrained(path, map_location="cuda")
+    images = _normal_images(2, size=32, seed=15)
+    cpu_result, gpu_result = model.predict(images), gpu.predict(images)
+    assert torch.equal(cpu_result.extras["prompt_index"], gpu_result.extras["prompt_index"].cpu())
+    torch.testing.assert_close(gpu_result.anomaly_map.cpu(), cpu_result.anomaly_map, rtol=1e-3, atol=1e-3)
+    with ad_fast.ops.use_backend("reference"):
+        reference = gpu.predict(images)
+    torch.testing.assert_close(gpu_result.anomaly_map, reference.anomaly_map, rtol=1e-4, atol=1e-5)
+    x = images.cuda()
+    loss = gpu.discrimination_loss(x, gpu.hog_map(x), torch.tensor([0, 1]))
+    assert torch.isfinite(loss)
