@@ -5,6 +5,10 @@ HOG map H = HOG(X); prompt X⁺ = nearest normal training image (cosine of poole
 Y = HIP(H, X⁺); F_X = backbone(X), F_Y = FRB(MFF(backbone(Y))); map = Σ_levels up(1 − cos(F_X, F_Y)),
 optional Gaussian blur, score = max. One model per category by default; :meth:`ReDi.fit_categories`
 also trains one unified model over all categories.
+
+Deviations from RD's evaluation code (spec §9.3), inherited from the shared ``ad_fast.ops.anomaly_map``:
+bilinear upsampling with align_corners=False (RD: True) and a reflect-101 blur border (SciPy: symmetric).
+Training images are stored as uint8 at ``img_size`` (they double as the prompt bank saved with the model).
 """
 
 from __future__ import annotations
