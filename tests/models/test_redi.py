@@ -234,6 +234,20 @@ def test_fit_categories_per_category_and_unified():
     assert unified["a"] is unified["b"] and unified["a"].prompt_images.shape[0] == 4
 
 
+def test_registry_fit_on_dataset_and_load_model(tmp_path):
+    from ad_fast.data import MVTecAD, make_demo_dataset
+    from ad_fast.models import create_model, load_model
+
+    root = make_demo_dataset(tmp_path / "demo", categories=("brick",), n_train=3, n_test_good=1, n_per_defect=1, size=32)
+    train = MVTecAD(root, category="brick", split="train", size=32)
+    model = create_model("redi", **dict(TINY, stage1_epochs=1, stage2_epochs=1))
+    model.fit(train, progress=False)
+    assert model.prompt_images.shape[0] == len(train.subset(label=0))
+    model.save(tmp_path / "redi.safetensors")
+    loaded = load_model(tmp_path / "redi.safetensors")
+    assert isinstance(loaded, ReDi) and loaded.config == model.config
+
+
 # ----------------------------------------------------------------------------- errors
 
 def test_bad_configuration_errors():

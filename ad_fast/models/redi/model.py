@@ -17,12 +17,12 @@ import os
 from typing import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ...data import ImageInput, to_image_batch
+from ...data import ImageInput, resize_image, to_image_batch
 from ...ops import HOGTransform, anomaly_map
 from ...results import AnomalyResult
+from .. import register_model
 from .backbone import FrozenBackbone
 from .config import ReDiConfig
 from .discriminate import DiscriminateStudent
@@ -35,6 +35,13 @@ from .weights import load_model_file, save_model_file
 _FEATURE_CHUNK = 16
 
 
+def _normal_images(data) -> list[torch.Tensor]:
+    """The normal images of an :class:`ad_fast.data.AnomalyDataset` (label 0) as tensors [3, H, W]."""
+    normal = data.subset(label=0)
+    return [normal[i].image for i in range(len(normal))]
+
+
+@register_model("redi")
 class ReDi(nn.Module):
     """Recover-then-discriminate anomaly detector.
 
@@ -108,12 +115,7 @@ class ReDi(nn.Module):
     def preprocess(self, images: ImageInput | Sequence[ImageInput]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """Images (anything :func:`ad_fast.data.to_image_batch` takes) → Tensor[B, 3, S, S] in [0, 1] and the input sizes."""
         tensors, sizes = to_image_batch(images)
-        size = (self.config.img_size, self.config.img_size)
-        resized = [
-            t if tuple(t.shape[1:]) == size
-            else F.interpolate(t[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
-            for t in tensors
-        ]
+        resized = [resize_image(t, self.config.img_size) for t in tensors]
         return torch.stack(resized).clamp_(0.0, 1.0), sizes
 
     def hog_map(self, x: torch.Tensor) -> torch.Tensor:
@@ -171,7 +173,8 @@ class ReDi(nn.Module):
         """Train on normal images: stage 1 (recover network), then stage 2 (discriminate network).
 
         Args:
-            images: at least two normal training images of one category (or of all, for a unified model).
+            images: at least two normal training images of one category (or of all, for a unified model), or an
+                :class:`ad_fast.data.AnomalyDataset` whose normal (label 0) images are used.
             checkpoint_dir: where each stage saves ``redi_stage{1,2}.pt`` after every epoch.
             resume: continue from existing stage checkpoints in ``checkpoint_dir``.
             progress: show tqdm progress bars.
@@ -182,6 +185,8 @@ class ReDi(nn.Module):
         stages = tuple(stages)
         if not stages or any(s not in (1, 2) for s in stages) or len(set(stages)) != len(stages):
             raise ValueError(f"stages: expected a non-empty subset of (1, 2), got {stages!r}")
+        if hasattr(images, "subset") and hasattr(images, "records"):
+            images = _normal_images(images)
         x, _ = self.preprocess(images)
         if x.shape[0] < 2:
             raise ValueError(f"images: ReDi needs at least 2 normal training images (prompts exclude the image itself), got {x.shape[0]}")

@@ -18,7 +18,7 @@ def save_model_file(path: str | os.PathLike, state: dict[str, torch.Tensor], inf
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    metadata = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "info": json.dumps(info)}
+    metadata = {"method": "redi", "format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "info": json.dumps(info)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=metadata)
