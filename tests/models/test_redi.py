@@ -248,6 +248,19 @@ def test_registry_fit_on_dataset_and_load_model(tmp_path):
     assert isinstance(loaded, ReDi) and loaded.config == model.config
 
 
+def test_local_backbone_weights(tmp_path):
+    from ad_fast._timm_compat import import_timm
+
+    source = import_timm().create_model("resnet18", pretrained=False, num_classes=10)  # with a foreign fc head
+    torch.save(source.state_dict(), tmp_path / "resnet18.pth")
+    model = ReDi(backbone_weights=tmp_path / "resnet18.pth", **TINY)
+    for name, tensor in model.backbone.net.state_dict().items():
+        assert torch.equal(tensor, source.state_dict()[name]), name
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="backbone_weights"):
+        ReDi(backbone_weights=tmp_path / "bad.pth", **TINY)
+
+
 # ----------------------------------------------------------------------------- errors
 
 def test_bad_configuration_errors():

@@ -52,7 +52,10 @@ class FrozenBackbone(nn.Module):
                 raise ValueError(f"backbone: {name!r} is not a ResNet-family timm model (no {attr!r})")
         if weights is not None:
             state = {k: v for k, v in load_state_dict_file(weights, "backbone_weights").items() if not k.startswith("fc.")}
-            missing, unexpected = self.net.load_state_dict(state, strict=False)
+            try:
+                missing, unexpected = self.net.load_state_dict(state, strict=False)
+            except RuntimeError as error:  # shape mismatches
+                raise ValueError(f"backbone_weights: tensors do not fit {name!r}: {error}") from error
             if missing or unexpected:
                 raise ValueError(f"backbone_weights: keys do not match {name!r}: missing {missing[:5]}, unexpected {unexpected[:5]}")
         self.net.requires_grad_(False)
