@@ -11,7 +11,9 @@ Semantics (shared by the kernels and :func:`hog_reference`):
 4. Cell histogram = (sum of magnitudes of the cell's pixels per bin) / cell area; remainder rows/cols ignored.
 5. Blocks of ``cells_per_block`` cells, stride one cell, normalised by ``block_norm`` with eps = 1e-5.
 6. HOG image: for every cell and bin a Bresenham line through the cell centre, perpendicular to the bin's mid
-   angle, radius ``min(pixels_per_cell) // 2 - 1``, weighted by the un-normalised cell histogram.
+   angle, radius ``min(pixels_per_cell) // 2 - 1``, weighted by the un-normalised cell histogram. The endpoints are
+   truncated in absolute image coordinates, so a bin's line can differ by a pixel between cells (see
+   :func:`line_endpoints`).
 
 Known differences from scikit-image: scikit-image sums a cell in float32, the reference in float64 and the kernels
 in float32 with a different order (relative differences ~1e-6); ``visualize=True`` needs ``pixels_per_cell >= 2``
@@ -93,17 +95,40 @@ def line_pixels(r0: int, c0: int, r1: int, c1: int) -> list[tuple[int, int]]:
     return pixels
 
 
-def hog_stencils(orientations: int, pixels_per_cell: int | Sequence[int]) -> torch.Tensor:
-    """0/1 masks of the line drawn for each bin inside one cell, float64 ``[orientations, cell_h, cell_w]``."""
+def line_endpoints(
+    orientations: int, pixels_per_cell: int | Sequence[int], n_cells: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Endpoints of every bin's line in every cell, relative to the cell origin, as scikit-image computes them.
+
+    skimage draws ``line(int(cy - d_c), int(cx + d_r), int(cy + d_c), int(cx - d_r))`` around the absolute cell
+    centre ``(cy, cx)``; truncating after adding the offset to the absolute centre makes a line differ by a pixel
+    between cells when an offset is within rounding of an integer (``2 * sin(pi / 6) = 0.9999999999999999``).
+
+    Returns:
+        r0, r1 ``[orientations, n_cells_row]`` and c0, c1 ``[orientations, n_cells_col]`` int64 arrays.
+    """
     cell_h, cell_w = check_positive_pair(pixels_per_cell, "pixels_per_cell")
     radius = min(cell_h, cell_w) // 2 - 1
-    centre_r, centre_c = cell_h // 2, cell_w // 2
     mids = np.pi * (np.arange(orientations) + 0.5) / orientations
+    d_r, d_c = (radius * np.sin(mids))[:, None], (radius * np.cos(mids))[:, None]
+    top = np.arange(n_cells[0]) * cell_h
+    left = np.arange(n_cells[1]) * cell_w
+    centre_r, centre_c = top + cell_h // 2, left + cell_w // 2
+    r0 = (centre_r - d_c).astype(np.int64) - top
+    r1 = (centre_r + d_c).astype(np.int64) - top
+    c0 = (centre_c + d_r).astype(np.int64) - left
+    c1 = (centre_c - d_r).astype(np.int64) - left
+    return r0, r1, c0, c1
+
+
+def hog_stencils(orientations: int, pixels_per_cell: int | Sequence[int]) -> torch.Tensor:
+    """0/1 masks of each bin's line in the top-left cell, float64 ``[orientations, cell_h, cell_w]``."""
+    cell_h, cell_w = check_positive_pair(pixels_per_cell, "pixels_per_cell")
+    r0, r1, c0, c1 = line_endpoints(orientations, (cell_h, cell_w), (1, 1))
     stencils = torch.zeros(orientations, cell_h, cell_w, dtype=torch.float64)
-    for index, (d_r, d_c) in enumerate(zip(radius * np.sin(mids), radius * np.cos(mids))):
-        line = line_pixels(int(centre_r - d_c), int(centre_c + d_r), int(centre_r + d_c), int(centre_c - d_r))
-        for r, c in line:
-            stencils[index, r, c] = 1.0
+    for o in range(orientations):
+        for r, c in line_pixels(int(r0[o, 0]), int(c0[o, 0]), int(r1[o, 0]), int(c1[o, 0])):
+            stencils[o, r, c] = 1.0
     return stencils
 
 
@@ -160,10 +185,29 @@ def _normalise_blocks(hist: torch.Tensor, block: tuple[int, int], block_norm: st
     return out
 
 
+def _groups(first: np.ndarray, second: np.ndarray) -> list[tuple[int, int, torch.Tensor]]:
+    """Cells grouped by their (first, second) endpoint pair: [(first, second, cell indices)]."""
+    pairs = np.stack([first, second], 1)
+    return [
+        (int(a), int(b), torch.from_numpy(np.flatnonzero((pairs == (a, b)).all(1))))
+        for a, b in np.unique(pairs, axis=0)
+    ]
+
+
 def _render(hist: torch.Tensor, cell: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
-    """HOG image ``[B, 1, H, W]`` from cell histograms ``[B, NR, NC, O]``."""
-    stencils = hog_stencils(hist.shape[-1], cell)
-    drawn = F.conv_transpose2d(hist.permute(0, 3, 1, 2), stencils[:, None], stride=cell)
+    """HOG image ``[B, 1, H, W]`` from cell histograms ``[B, NR, NC, O]``: each bin's line added in bin order."""
+    batch, n_rows, n_cols, orientations = hist.shape
+    r0, r1, c0, c1 = line_endpoints(orientations, cell, (n_rows, n_cols))
+    canvas = hist.new_zeros(n_rows, n_cols, cell[0], cell[1], batch)
+    values = hist.permute(1, 2, 3, 0)  # [NR, NC, O, B]
+    for o in range(orientations):
+        for top, bottom, rows in _groups(r0[o], r1[o]):
+            for left, right, cols in _groups(c0[o], c1[o]):
+                index = (rows[:, None], cols[None, :])
+                weight = values[rows[:, None], cols[None, :], o]  # [R, C, B]
+                for u, v in line_pixels(top, left, bottom, right):
+                    canvas[index + (u, v)] += weight
+    drawn = canvas.permute(4, 0, 2, 1, 3).reshape(batch, 1, n_rows * cell[0], n_cols * cell[1])
     return F.pad(drawn, (0, size[1] - drawn.shape[-1], 0, size[0] - drawn.shape[-2]))
 
 

@@ -11,13 +11,6 @@
 namespace ad_fast {
 namespace hog {
 
-struct HogGeometry {
-  int64_t batch, channels, height, width;
-  int orientations, cell_h, cell_w, block_h, block_w;
-  int64_t cells_r, cells_c, blocks_r, blocks_c;
-  BlockNorm norm;
-};
-
 inline BlockNorm parse_block_norm(c10::string_view name) {
   if (name == "L1") return BlockNorm::L1;
   if (name == "L1-sqrt") return BlockNorm::L1Sqrt;
