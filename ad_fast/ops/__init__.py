@@ -13,6 +13,9 @@ from .anomaly_map import anomaly_map
 from .blur import gaussian_blur
 from .hog import hog
 from .hog_transform import HOGTransform
+from .kcenter_greedy import kcenter_greedy
+from .knn import knn
+from .memory_bank import MemoryBank
 
 
 def backend_info() -> dict[str, object]:
@@ -31,11 +34,14 @@ def backend_info() -> dict[str, object]:
 
 __all__ = [
     "HOGTransform",
+    "MemoryBank",
     "anomaly_map",
     "backend_info",
     "gaussian_blur",
     "get_backend",
     "hog",
+    "kcenter_greedy",
+    "knn",
     "reference",
     "set_backend",
     "use_backend",
