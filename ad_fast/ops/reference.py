@@ -5,7 +5,8 @@ routes every model through them.
 """
 
 from .anomaly_map import anomaly_map_reference as anomaly_map
+from .hog import hog_reference as hog
 from .kcenter_greedy import kcenter_greedy_reference as kcenter_greedy
 from .knn import knn_reference as knn
 
-__all__ = ["anomaly_map", "kcenter_greedy", "knn"]
+__all__ = ["anomaly_map", "hog", "kcenter_greedy", "knn"]
