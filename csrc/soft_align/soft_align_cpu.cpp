@@ -87,6 +87,9 @@ void forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
   const int64_t n_qtiles = (Nq + kQueryTile - 1) / kQueryTile;
   const scalar_t s = static_cast<scalar_t>(scale);
   at::parallel_for(0, B * n_qtiles, 1, [&](int64_t begin, int64_t end) {
+    // Worker threads do not inherit the caller's dispatch state: keep the tile ops below autograd (inputs may
+    // require grad; out= ops refuse those).
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
     at::Tensor logits_buf = at::empty({kQueryTile * std::min(kPromptTile, Np)}, q.options());
     at::Tensor acc_buf = at::empty({Cv * kQueryTile}, q.options());
     std::vector<scalar_t> run_max(kQueryTile), run_sum(kQueryTile), rescale(kQueryTile);
@@ -145,6 +148,9 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& q, const at::
   const int64_t n_ptiles = (Np + kPromptTile - 1) / kPromptTile;
   const scalar_t s = static_cast<scalar_t>(scale);
   at::parallel_for(0, B * groups, 1, [&](int64_t begin, int64_t end) {
+    // Worker threads do not inherit the caller's dispatch state: keep the tile ops below autograd (inputs may
+    // require grad; out= ops refuse those).
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
     const int64_t tile_q = std::min(kQueryTile, Nq), tile_p = std::min(kPromptTile, Np);
     at::Tensor prob_buf = at::empty({tile_q * tile_p}, q.options());
     at::Tensor dprob_buf = at::empty({tile_q * tile_p}, q.options());

@@ -153,6 +153,23 @@ def test_gradients_match_oracle_across_tiles():
         assert rel_err(g, w) < F64_RTOL
 
 
+def test_worker_threads_with_inputs_that_require_grad():
+    """With several threads, worker threads run the tile products; inputs requiring grad must not trip them."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        q, k, v = (t.requires_grad_() for t in make(3, 8, 12, (20, 30), (25, 25), dtype=torch.float32))
+        out = soft_align(q, k, v, backend="kernel")
+        got = torch.autograd.grad(out.sum(), (q, k, v))
+        sim = hard_align(q, k, v, return_similarity=True, backend="kernel")[1]
+    finally:
+        torch.set_num_threads(previous)
+    assert rel_err(out, oracle(q, k, v)) < F32_RTOL
+    for g, w in zip(got, torch.autograd.grad(oracle(q, k, v).sum(), (q, k, v))):
+        assert rel_err(g, w) < F32_RTOL
+    assert rel_err(sim, hard_oracle(q, k, v)[1]) < 1e-6
+
+
 def test_only_needed_gradients_are_returned():
     q, k, v = make(1, 4, 6, (3, 3), (4, 4))
     q.requires_grad_()
