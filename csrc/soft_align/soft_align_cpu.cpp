@@ -33,7 +33,8 @@ constexpr int64_t kPromptTile = 512;  // prompt positions per logits tile (128 x
 inline float fast_exp(float x) {
   const float x_in = x;
   x = std::min(std::max(x, -87.0f), 88.0f);
-  const float fx = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest (1.5 * 2^23 trick; floor would block vectorisation)
+  // Round to nearest with the 1.5 * 2^23 trick: std::floor would block vectorisation (no -fno-trapping-math).
+  const float fx = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   x = x - fx * 0.693359375f + fx * 2.12194440e-4f;
   float y = 1.9875691500e-4f;
   y = y * x + 1.3981999507e-3f;
@@ -225,7 +226,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_align_backward_cpu(
   const at::Tensor delta = delta_in.to(ct).contiguous();
   // Split each batch element's prompt tiles into groups so that B * groups items keep every thread busy.
   const int64_t n_ptiles = (Np + kPromptTile - 1) / kPromptTile;
-  const int64_t groups = std::max<int64_t>(1, std::min(n_ptiles, (at::get_num_threads() + B - 1) / std::max<int64_t>(B, 1)));
+  const int64_t threads_per_batch = (at::get_num_threads() + B - 1) / std::max<int64_t>(B, 1);
+  const int64_t groups = std::max<int64_t>(1, std::min(n_ptiles, threads_per_batch));
   at::Tensor dq_parts = at::zeros({B, groups, Cqk, Nq}, q.options());
   at::Tensor dk = at::zeros_like(k);
   at::Tensor dv = compute_dv ? at::zeros_like(v) : at::empty({0}, v.options());
