@@ -317,8 +317,6 @@ def test_compiled_op_checks_its_arguments_too():
 # ---- CUDA ----
 
 
-@pytest.mark.cuda
-@pytest.mark.parametrize("dtype, bound", [(torch.float32, 1e-5), (torch.float16, 1e-2), (torch.bfloat16, 3e-2)])
 CUDA_CASES = [
     (2, 28, 56, (64, 64), (32, 32)),
     (3, 80, 160, (7, 9), (33, 17)),
@@ -327,6 +325,8 @@ CUDA_CASES = [
 ]
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype, bound", [(torch.float32, 1e-5), (torch.float16, 1e-2), (torch.bfloat16, 3e-2)])
 @pytest.mark.parametrize("case", CUDA_CASES, ids=str)
 def test_cuda_forward_backward_match_oracle(dtype, bound, case):
     q, k, v = make(*case, dtype=torch.float32)
