@@ -16,6 +16,7 @@ from .hog_transform import HOGTransform
 from .kcenter_greedy import kcenter_greedy
 from .knn import knn
 from .memory_bank import MemoryBank
+from .soft_align import hard_align, soft_align
 
 
 def backend_info() -> dict[str, object]:
@@ -39,10 +40,12 @@ __all__ = [
     "backend_info",
     "gaussian_blur",
     "get_backend",
+    "hard_align",
     "hog",
     "kcenter_greedy",
     "knn",
     "reference",
     "set_backend",
+    "soft_align",
     "use_backend",
 ]
