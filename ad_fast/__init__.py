@@ -1,3 +1,8 @@
 """ad_fast: industrial visual anomaly detection (MetaUAS, OneNIP, DMAD, ReDi) on fused C++/CUDA kernels."""
 
+from . import ops
+from .results import AnomalyResult
+
 __version__ = "0.1.0"
+
+__all__ = ["AnomalyResult", "ops", "__version__"]
