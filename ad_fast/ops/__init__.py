@@ -11,6 +11,7 @@ from . import reference
 from ._backend import get_backend, set_backend, use_backend
 from .anomaly_map import anomaly_map
 from .blur import gaussian_blur
+from .soft_align import hard_align, soft_align
 
 
 def backend_info() -> dict[str, object]:
@@ -32,7 +33,9 @@ __all__ = [
     "backend_info",
     "gaussian_blur",
     "get_backend",
+    "hard_align",
     "reference",
     "set_backend",
+    "soft_align",
     "use_backend",
 ]

@@ -5,5 +5,7 @@ routes every model through them.
 """
 
 from .anomaly_map import anomaly_map_reference as anomaly_map
+from .soft_align import hard_align_reference as hard_align
+from .soft_align import soft_align_reference as soft_align
 
-__all__ = ["anomaly_map"]
+__all__ = ["anomaly_map", "hard_align", "soft_align"]
