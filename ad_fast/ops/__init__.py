@@ -11,6 +11,9 @@ from . import reference
 from ._backend import get_backend, set_backend, use_backend
 from .anomaly_map import anomaly_map
 from .blur import gaussian_blur
+from .kcenter_greedy import kcenter_greedy
+from .knn import knn
+from .memory_bank import MemoryBank
 from .soft_align import hard_align, soft_align
 
 
@@ -29,11 +32,14 @@ def backend_info() -> dict[str, object]:
 
 
 __all__ = [
+    "MemoryBank",
     "anomaly_map",
     "backend_info",
     "gaussian_blur",
     "get_backend",
     "hard_align",
+    "kcenter_greedy",
+    "knn",
     "reference",
     "set_backend",
     "soft_align",

@@ -1,0 +1,172 @@
+"""Exact k-nearest-neighbour search of query rows against a memory bank, in bounded memory."""
+
+from __future__ import annotations
+
+import torch
+
+from .._extension import has_ops
+from ._backend import use_kernel
+from ._validate import FLOAT_DTYPES, check_choice, check_same_device, check_tensor
+
+METRICS = ("l2", "sqeuclidean", "cosine", "ip")
+BANK_STORAGE_DTYPES = (torch.float16, torch.bfloat16)
+NORM_EPS = 1e-12  # cosine: rows are divided by max(||row||, NORM_EPS), so a zero row has cosine 0 to everything
+
+# Reference tiling: at most _QUERY_CHUNK x _BANK_TILE distances exist at once (64 MiB in float32).
+_QUERY_CHUNK = 1024
+_BANK_TILE = 16384
+
+
+def _validated(
+    query: torch.Tensor, bank: torch.Tensor, k: int, metric: str, bank_sq_norms: torch.Tensor | None
+) -> None:
+    """Check every argument of :func:`knn`; raise TypeError/ValueError naming the culprit."""
+    check_tensor(query, "query", ndim=(2, 3), dtypes=FLOAT_DTYPES, allow_empty=True)
+    check_tensor(bank, "bank", ndim=2, dtypes=FLOAT_DTYPES, allow_empty=True)
+    check_same_device({"query": query, "bank": bank})
+    if bank.dtype != query.dtype and bank.dtype not in BANK_STORAGE_DTYPES:
+        raise TypeError(f"bank: expected dtype {query.dtype} like query (or float16/bfloat16 storage), got {bank.dtype}")
+    if query.shape[-1] != bank.shape[1]:
+        raise ValueError(f"bank: expected {query.shape[-1]} columns like query's last dim, got shape {tuple(bank.shape)}")
+    if query.shape[-1] == 0:
+        raise ValueError(f"query: expected a non-empty feature dim, got shape {tuple(query.shape)}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k: expected a positive int, got {k!r}")
+    if k > bank.shape[0]:
+        raise ValueError(f"k: expected at most the bank's {bank.shape[0]} rows, got {k}")
+    check_choice(metric, "metric", METRICS)
+    if bank_sq_norms is not None:
+        check_tensor(bank_sq_norms, "bank_sq_norms", ndim=1, dtypes=(torch.float32,), allow_empty=True)
+        check_same_device({"bank": bank, "bank_sq_norms": bank_sq_norms})
+        if bank_sq_norms.shape[0] != bank.shape[0]:
+            raise ValueError(f"bank_sq_norms: expected {bank.shape[0]} values, got {bank_sq_norms.shape[0]}")
+
+
+def _check_finite(query: torch.Tensor, bank: torch.Tensor) -> None:
+    for name, t in (("query", query), ("bank", bank)):
+        if t.numel() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name}: contains NaN or Inf")
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _finish(key: torch.Tensor, q_sq: torch.Tensor, q_norm: torch.Tensor, metric: str) -> torch.Tensor:
+    """Turn the ranking keys of :func:`knn_reference` into distances."""
+    if metric == "ip":
+        return -key
+    if metric == "cosine":
+        return 1.0 + key / q_norm
+    d2 = (key + q_sq).clamp_min(0)
+    return d2.sqrt() if metric == "l2" else d2
+
+
+def knn_reference(
+    query: torch.Tensor,
+    bank: torch.Tensor,
+    k: int,
+    metric: str = "l2",
+    *,
+    bank_sq_norms: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunked-matmul + ``torch.topk`` version of :func:`knn` (same arguments and results).
+
+    Among exactly equal distances at the k-th place the kept index follows ``torch.topk``; the kept
+    results are then ordered by (distance, index).
+    """
+    _validated(query, bank, k, metric, bank_sq_norms)
+    _check_finite(query, bank)
+    out_dtype = query.dtype
+    dtype = _compute_dtype(query.dtype)
+    q_all = query.reshape(-1, query.shape[-1])
+    bank_sq = (bank.to(dtype) ** 2).sum(1) if bank_sq_norms is None else bank_sq_norms.to(dtype)
+    inv_bank_norm = 1.0 / bank_sq.sqrt().clamp_min(NORM_EPS)
+    dists, indices = [], []
+    for start in range(0, q_all.shape[0], _QUERY_CHUNK):
+        q = q_all[start : start + _QUERY_CHUNK].to(dtype)
+        q_sq = (q * q).sum(1, keepdim=True)
+        q_norm = q_sq.sqrt().clamp_min(NORM_EPS)
+        best_key = q.new_empty(q.shape[0], 0)
+        best_idx = torch.empty(q.shape[0], 0, dtype=torch.long, device=q.device)
+        for t0 in range(0, bank.shape[0], _BANK_TILE):
+            tile = bank[t0 : t0 + _BANK_TILE].to(dtype)
+            dot = q @ tile.T
+            if metric == "ip":
+                key = -dot
+            elif metric == "cosine":
+                key = -dot * inv_bank_norm[t0 : t0 + _BANK_TILE]
+            else:
+                key = bank_sq[t0 : t0 + _BANK_TILE] - 2.0 * dot
+            tile_key, tile_idx = torch.topk(key, min(k, key.shape[1]), dim=1, largest=False, sorted=False)
+            best_key = torch.cat([best_key, tile_key], 1)
+            best_idx = torch.cat([best_idx, tile_idx + t0], 1)
+            best_key, pos = torch.topk(best_key, min(k, best_key.shape[1]), dim=1, largest=False, sorted=False)
+            best_idx = best_idx.gather(1, pos)
+        best_idx, order = best_idx.sort(1)  # (distance, index) order: stable sort by key after sorting by index
+        best_key = best_key.gather(1, order)
+        best_key, order = best_key.sort(dim=1, stable=True)
+        best_idx = best_idx.gather(1, order)
+        dists.append(_finish(best_key, q_sq, q_norm, metric).to(out_dtype))
+        indices.append(best_idx)
+    out_shape = (*query.shape[:-1], k)
+    if not dists:
+        return query.new_empty(out_shape), torch.empty(out_shape, dtype=torch.long, device=query.device)
+    return torch.cat(dists).reshape(out_shape), torch.cat(indices).reshape(out_shape)
+
+
+def knn(
+    query: torch.Tensor,
+    bank: torch.Tensor,
+    k: int,
+    metric: str = "l2",
+    *,
+    bank_sq_norms: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact k nearest bank rows of every query row.
+
+    Distances: ``"l2"`` ``||q - b||``, ``"sqeuclidean"`` ``||q - b||^2`` (both clamped at 0), ``"cosine"``
+    ``1 - <q, b> / (max(||q||, 1e-12) max(||b||, 1e-12))``, ``"ip"`` ``<q, b>`` (a similarity: largest first).
+    Results are sorted ascending (descending for ``"ip"``), ties broken by the lower bank index.
+
+    Memory: never the full ``M x N`` matrix. The CPU kernel holds, per thread, one tile of at most
+    256 x 512 float32 products plus the top-(k+8) candidates of its queries (under 1 MiB + 96 B per query
+    row per thread, whatever N); a float16/bfloat16 bank adds one 512-row float32 tile per thread. The
+    final k candidates are re-scored exactly (float64 accumulation), so distances are accurate to float32
+    rounding, not to the ``||q||^2 + ||b||^2 - 2 q.b`` cancellation.
+
+    Args:
+        query (Tensor[M, D] or Tensor[B, M, D]): query rows (float32/float64 on CPU; float32/float16/bfloat16
+            on CUDA).
+        bank (Tensor[N, D]): bank rows, the query's dtype or float16/bfloat16 storage (computed in float32).
+        k (int): neighbours per query, ``1 <= k <= N``.
+        metric ("l2" | "sqeuclidean" | "cosine" | "ip"): see above.
+        bank_sq_norms (Tensor[N] float32, optional): precomputed ``||b||^2`` (see :class:`MemoryBank`).
+        backend (None | "auto" | "kernel" | "reference"): overrides the global choice (see ``ad_fast.ops``).
+
+    Returns:
+        (distances, indices): Tensor[..., M, k] in the query's dtype, and int64 Tensor[..., M, k].
+
+    Raises:
+        ValueError: ``k > N``, NaN/Inf in ``query`` or ``bank``, mismatched shapes, unknown metric.
+        TypeError: non-floating or mismatched dtypes.
+    """
+    _validated(query, bank, k, metric, bank_sq_norms)
+    if not use_kernel("knn", query.device, backend):
+        return knn_reference(query, bank, k, metric, bank_sq_norms=bank_sq_norms)
+    flat = query.reshape(-1, query.shape[-1])
+    dist, idx = torch.ops.ad_fast.knn(flat, bank, k, metric, bank_sq_norms)
+    out_shape = (*query.shape[:-1], k)
+    return dist.reshape(out_shape), idx.reshape(out_shape)
+
+
+if has_ops() and hasattr(torch.ops.ad_fast, "knn"):
+
+    @torch.library.register_fake("ad_fast::knn")
+    def _knn_fake(query, bank, k, metric, bank_sq_norms):
+        torch._check(query.dim() == 2 and bank.dim() == 2, lambda: "query and bank must be 2-d")
+        torch._check(query.shape[1] == bank.shape[1], lambda: "query and bank must have the same feature dim")
+        torch._check(1 <= k <= bank.shape[0], lambda: "k must be in [1, N]")
+        m = query.shape[0]
+        return query.new_empty(m, k), query.new_empty(m, k, dtype=torch.long)

@@ -1,0 +1,112 @@
+"""A growable bank of feature rows with precomputed norms, searched with :func:`ad_fast.ops.knn`."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+from ._validate import check_choice, check_tensor
+from .knn import BANK_STORAGE_DTYPES, METRICS, knn
+
+FORMAT_VERSION = 1
+_STORAGE_DTYPES = (torch.float32, torch.float64, *BANK_STORAGE_DTYPES)
+_DTYPE_NAMES = {str(d).replace("torch.", ""): d for d in _STORAGE_DTYPES}
+
+
+class MemoryBank:
+    """Rows ``[N, D]`` kept in ``dtype`` (float16/bfloat16 halve the memory; searches compute in float32),
+    with their squared norms ``[N]`` (float32, from the stored rows) computed once at :meth:`add`.
+
+    Example::
+
+        bank = MemoryBank(dim=1536, dtype=torch.float16)
+        bank.add(train_patches)                       # [N, 1536]
+        dist, idx = bank.search(test_patches, k=9)    # [M, 9] each
+        bank.save("bank.safetensors"); bank = MemoryBank.load("bank.safetensors")
+    """
+
+    def __init__(self, dim: int, dtype: torch.dtype = torch.float32, metric: str = "l2", device: torch.device | str = "cpu"):
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim: expected a positive int, got {dim!r}")
+        if dtype not in _STORAGE_DTYPES:
+            raise TypeError(f"dtype: expected one of {_STORAGE_DTYPES}, got {dtype!r}")
+        self.dim = dim
+        self.dtype = dtype
+        self.metric = check_choice(metric, "metric", METRICS)
+        self.rows = torch.empty(0, dim, dtype=dtype, device=device)
+        self.sq_norms = torch.empty(0, dtype=torch.float32, device=device)
+
+    def __len__(self) -> int:
+        return self.rows.shape[0]
+
+    def __repr__(self) -> str:
+        return f"MemoryBank(rows={len(self)}, dim={self.dim}, dtype={self.dtype}, metric={self.metric!r}, device={self.device})"
+
+    @property
+    def device(self) -> torch.device:
+        return self.rows.device
+
+    def add(self, rows: torch.Tensor) -> MemoryBank:
+        """Append ``rows`` (Tensor[n, D], finite, any float dtype; moved to the bank's device/dtype)."""
+        check_tensor(rows, "rows", ndim=2, allow_empty=True, finite=True)
+        if rows.shape[1] != self.dim:
+            raise ValueError(f"rows: expected {self.dim} columns, got shape {tuple(rows.shape)}")
+        stored = rows.to(self.device, self.dtype)
+        if not bool(torch.isfinite(stored).all()):
+            raise ValueError(f"rows: values overflow the bank's {self.dtype}")
+        self.rows = torch.cat([self.rows, stored])
+        self.sq_norms = torch.cat([self.sq_norms, stored.to(torch.float32).pow(2).sum(1)])
+        return self
+
+    def search(self, query: torch.Tensor, k: int = 1, metric: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`ad_fast.ops.knn` of ``query`` (Tensor[M, D] or [B, M, D]) against the bank's rows."""
+        if len(self) == 0:
+            raise ValueError("MemoryBank.search: the bank is empty; add() rows first")
+        metric = self.metric if metric is None else metric
+        if self.dtype in BANK_STORAGE_DTYPES and query.dtype == torch.float64:
+            query = query.to(torch.float32)
+        elif self.dtype not in BANK_STORAGE_DTYPES and query.is_floating_point():
+            query = query.to(self.dtype)
+        return knn(query, self.rows, k, metric, bank_sq_norms=self.sq_norms)
+
+    def to(self, device: torch.device | str) -> MemoryBank:
+        """Move the rows and norms to ``device`` (in place; returns self)."""
+        self.rows = self.rows.to(device)
+        self.sq_norms = self.sq_norms.to(device)
+        return self
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write rows and norms to a safetensors file, with the format version and config as metadata."""
+        from safetensors.torch import save_file
+
+        config = {"format_version": FORMAT_VERSION, "dim": self.dim, "dtype": str(self.dtype).replace("torch.", ""), "metric": self.metric}
+        tensors = {"rows": self.rows.detach().cpu().contiguous(), "sq_norms": self.sq_norms.detach().cpu().contiguous()}
+        save_file(tensors, os.fspath(path), metadata={"ad_fast.memory_bank": json.dumps(config)})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> MemoryBank:
+        """Read a bank written by :meth:`save`; raise ValueError for a missing, foreign or corrupt file."""
+        from safetensors import safe_open
+
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"path: no memory-bank file at {path!r}")
+        try:
+            with safe_open(path, framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {name: f.get_tensor(name) for name in f.keys()}
+        except Exception as error:  # safetensors raises its own error types for truncated/corrupt files
+            raise ValueError(f"path: {path!r} is not a readable safetensors file ({error})") from error
+        if "ad_fast.memory_bank" not in meta or set(tensors) != {"rows", "sq_norms"}:
+            raise ValueError(f"path: {path!r} is not an ad_fast MemoryBank file")
+        config = json.loads(meta["ad_fast.memory_bank"])
+        if config.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"path: unsupported MemoryBank format version {config.get('format_version')!r} (expected {FORMAT_VERSION})")
+        rows, sq_norms = tensors["rows"], tensors["sq_norms"]
+        if rows.dim() != 2 or rows.shape[1] != config["dim"] or sq_norms.shape != (rows.shape[0],) or rows.dtype != _DTYPE_NAMES.get(config["dtype"]):
+            raise ValueError(f"path: {path!r} holds tensors inconsistent with its MemoryBank config {config}")
+        bank = cls(config["dim"], rows.dtype, config["metric"], device)
+        bank.rows, bank.sq_norms = rows.to(device), sq_norms.to(device, torch.float32)
+        return bank
