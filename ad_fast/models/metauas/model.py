@@ -220,8 +220,9 @@ class MetaUAS(nn.Module):
         query_features = self.encode(queries)
         batch, extras = queries.shape[0], {}
         if pool is not None:
+            pool._check_model(self)
             similarity, index = pool.retrieve(query_features[-1].mean(dim=(2, 3)), k=k, label=label)
-            encoding = pool.encoding.to(self.device).select(index.to(self.device))  # [B, k, ...]
+            encoding = pool.encoding.select(index.to(pool.encoding.pooled.device)).to(self.device)  # [B, k, ...]
             extras.update(prompt_indices=index, prompt_similarity=similarity)
         else:
             encoding = self.prompt_encoding(prompt)
