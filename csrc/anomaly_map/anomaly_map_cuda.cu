@@ -59,8 +59,8 @@ __global__ void upsample_sum_kernel(Levels levels, int64_t batch, int64_t out_h,
     for (int l = 0; l < levels.count; ++l) {
       const int64_t h_l = levels.level[l].height, w_l = levels.level[l].width;
       const float* d = dist + levels.dist_offset[l] + n * h_l * w_l;
-      const LinearTap ty = linear_tap(y, h_l, out_h);
-      const LinearTap tx = linear_tap(x, w_l, out_w);
+      const LinearTap<float> ty = linear_tap<float>(y, h_l, out_h);
+      const LinearTap<float> tx = linear_tap<float>(x, w_l, out_w);
       const float top = (1.f - tx.w1) * d[ty.i0 * w_l + tx.i0] + tx.w1 * d[ty.i0 * w_l + tx.i1];
       const float bottom = (1.f - tx.w1) * d[ty.i1 * w_l + tx.i0] + tx.w1 * d[ty.i1 * w_l + tx.i1];
       sum += levels.level[l].weight * ((1.f - ty.w1) * top + ty.w1 * bottom);
