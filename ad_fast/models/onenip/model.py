@@ -6,11 +6,11 @@ import os
 from typing import Any, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ... import ops
 from ...data import ImageInput, to_image_batch
+from ...data.images import resize_image
 from ...results import AnomalyResult
 from . import scoring, weights
 from .backbone import FEATURE_STRIDE, OneNIPBackbone, fuse_features
@@ -137,12 +137,8 @@ class OneNIP(nn.Module):
         """User images → ``[B, 3, S, S]`` in [0, 1] on the model's device (bilinear, antialiased as PIL; the aspect
         ratio is not kept, as in the release) and their original sizes."""
         tensors, sizes = to_image_batch(images, name=name)
-        size = (self.img_size, self.img_size)
-        batch = [t.unsqueeze(0).to(self.device) for t in tensors]
-        batch = [t if tuple(t.shape[-2:]) == size else
-                 F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=True).clamp_(0, 1)
-                 for t in batch]
-        return torch.cat(batch), sizes
+        batch = [resize_image(t.to(self.device), self.img_size).clamp(0, 1) for t in tensors]
+        return torch.stack(batch), sizes
 
     def extract(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, 3, S, S]`` in [0, 1] → frozen stride-16 features ``[B, 272, S/16, S/16]`` (no gradient)."""

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ...data import ImageInput, to_image_batch
+from ...data.images import resize_image
 
 if TYPE_CHECKING:
     from .model import OneNIP
@@ -120,10 +121,7 @@ class PromptedAnomalyDataset(Dataset):
     def load(self, index: int) -> torch.Tensor:
         """Image ``index`` as ``[3, S, S]`` float32 in [0, 1] (bilinear, antialiased)."""
         image = to_image_batch([self.items[index][0]], name=f"train_images[{index}]")[0][0]
-        if tuple(image.shape[-2:]) != (self.size, self.size):
-            image = F.interpolate(image[None], size=(self.size, self.size), mode="bilinear", align_corners=False,
-                                  antialias=True)[0].clamp_(0, 1)
-        return image
+        return resize_image(image, self.size).clamp(0, 1)
 
     def _synthesize(self, image: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         from ...synthesis import TextureSource, cutpaste, draem_paste
@@ -132,7 +130,7 @@ class PromptedAnomalyDataset(Dataset):
             return cutpaste(image, rng)
         if self._textures is None:
             self._textures = TextureSource(self.texture_dir, self.size)
-        return draem_paste(image, self._textures, rng, scale_exponents=(1, 6), max_rotation=5.0)
+        return draem_paste(image, rng, texture=self._textures, scale_exponents=(1, 6), max_rotation=5.0)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, self.epoch, index])
