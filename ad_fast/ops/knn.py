@@ -156,9 +156,11 @@ def knn(
     if not use_kernel("knn", query.device, backend):
         return knn_reference(query, bank, k, metric, bank_sq_norms=bank_sq_norms)
     flat = query.reshape(-1, query.shape[-1])
+    if flat.device.type == "cpu" and flat.dtype in BANK_STORAGE_DTYPES:  # the CPU kernel computes in float32
+        flat = flat.to(torch.float32)
     dist, idx = torch.ops.ad_fast.knn(flat, bank, k, metric, bank_sq_norms)
     out_shape = (*query.shape[:-1], k)
-    return dist.reshape(out_shape), idx.reshape(out_shape)
+    return dist.to(query.dtype).reshape(out_shape), idx.reshape(out_shape)
 
 
 if has_ops() and hasattr(torch.ops.ad_fast, "knn"):
