@@ -15,7 +15,7 @@ ImageInput = Union[str, os.PathLike, "PIL.Image.Image", np.ndarray, torch.Tensor
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as an RGB ``uint8`` array ``[H, W, 3]``.
+    """Read an image file (PNG/JPG/BMP/TIFF; 8-bit grey, 16-bit grey, palette, RGB or RGBA) as RGB ``uint8`` ``[H, W, 3]``.
 
     Raises:
         FileNotFoundError: the path does not exist.
@@ -29,10 +29,13 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
+            if img.mode.startswith("I;16") or img.mode == "I":  # 16-bit grey: scale, PIL's convert would clip
+                grey = np.asarray(img, dtype=np.float64) * (255.0 / 65535.0)
+                return np.repeat(np.clip(grey, 0, 255).round().astype(np.uint8)[:, :, None], 3, axis=2)
             rgb = img.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise ValueError(f"cannot read image {str(path)!r}: {error}") from error
-    return np.asarray(rgb, dtype=np.uint8)
+    return np.array(rgb, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on read-only arrays)
 
 
 def _array_to_chw(array: np.ndarray, name: str) -> torch.Tensor:
