@@ -16,6 +16,9 @@ import torch.nn.functional as F
 
 from ad_fast import ops
 from ad_fast._extension import has_ops
+from ad_fast.data.dataset import AnomalyDataset, Record
+from ad_fast.data.images import save_image
+from ad_fast.models import load_model
 from ad_fast.models.onenip import OneNIP
 from ad_fast.models.onenip.attention import LearnedPositionEmbedding, neighbour_mask
 from ad_fast.models.onenip.backbone import fuse_features
@@ -313,6 +316,7 @@ def test_save_load_round_trip(trained, train_images, tmp_path):
         got = loaded.predict(images)
         torch.testing.assert_close(got.anomaly_map, expected.anomaly_map)
         torch.testing.assert_close(got.pred_score, expected.pred_score)
+    assert isinstance(load_model(tmp_path / "onenip.pt"), OneNIP)  # the file records its method
 
 
 @pytest.mark.skipif(not has_ops(), reason="ad_fast._C not built")
@@ -354,6 +358,20 @@ def test_cuda_predict_matches_cpu(trained, train_images):
     finally:
         model.cpu()
     torch.testing.assert_close(gpu.anomaly_map.cpu(), cpu.anomaly_map, rtol=1e-3, atol=1e-3)
+
+
+def test_fit_reads_the_normal_images_of_a_dataset(tmp_path):
+    from ad_fast.models.onenip.training import _check_images
+
+    records = []
+    for i, (category, label) in enumerate([("a", 0), ("a", 1), ("b", 0)]):
+        path = tmp_path / f"{i}.png"
+        save_image(path, torch.rand(3, 8, 8))
+        records.append(Record(path, None, label, category, "good" if label == 0 else "crack"))
+    grouped = _check_images(AnomalyDataset(records, size=8), "train_images")
+    assert grouped == {"a": [records[0].image_path], "b": [records[2].image_path]}
+    with pytest.raises(ValueError, match="no normal images"):
+        _check_images(AnomalyDataset(records[1:2], size=8), "train_images")
 
 
 # ----------------------------------------------------------------------------------------------- bad input

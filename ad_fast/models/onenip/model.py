@@ -12,6 +12,7 @@ from ... import ops
 from ...data import ImageInput, to_image_batch
 from ...data.images import resize_image
 from ...results import AnomalyResult
+from .. import register_model
 from . import scoring, weights
 from .backbone import FEATURE_STRIDE, OneNIPBackbone, fuse_features
 from .reconstruction import Reconstruction
@@ -22,6 +23,7 @@ BACKBONES = ("efficientnet_b4",)
 _POOL_KEY = "prompt_pool.features"
 
 
+@register_model("onenip")
 class OneNIP(nn.Module):
     """OneNIP (Gao, ECCV 2024) with the release's architecture, scoring and checkpoint layout.
 
@@ -88,7 +90,7 @@ class OneNIP(nn.Module):
         """Save weights, prompt pool, kappa and config (safetensors for a ``.safetensors`` path, else torch.save)."""
         state = dict(self.state_dict())
         state[_POOL_KEY] = self.prompt_features
-        weights.write_checkpoint(path, state, {**self.config, "prompt_labels": self.prompt_labels})
+        weights.write_checkpoint(path, state, {"method": "onenip", **self.config, "prompt_labels": self.prompt_labels})
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, img_size: int | None = None, **overrides: Any) -> "OneNIP":
@@ -109,6 +111,7 @@ class OneNIP(nn.Module):
         state_dict, config = weights.read_checkpoint(path)
         config = dict(config or {})
         labels = config.pop("prompt_labels", [])
+        config.pop("method", None)
         pool = state_dict.pop(_POOL_KEY, None)
         if weights.is_release_layout(state_dict) and img_size is None and "img_size" not in config:
             row = state_dict.get("module.reconstruction.pos_embed.row_embed.weight",
@@ -262,9 +265,10 @@ class OneNIP(nn.Module):
         return result
 
     # --------------------------------------------------------------------------------------------- training
-    def fit(self, train_images: Mapping[str, Sequence[ImageInput]],
-            val_images: Mapping[str, Sequence[ImageInput]] | None = None, **options: Any) -> dict[str, list]:
-        """Train on normal images of every class (``{class name: [images]}``); see
+    def fit(self, train_images: Mapping[str, Sequence[ImageInput]] | Any,
+            val_images: Mapping[str, Sequence[ImageInput]] | Any | None = None, **options: Any) -> dict[str, list]:
+        """Train on normal images of every class (``{class name: [images]}`` or an ``ad_fast.data`` dataset,
+        whose normal images are used); see
         :func:`ad_fast.models.onenip.training.fit` for ``options``. Fills the prompt pool and kappa."""
         from .training import fit
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ...data import ImageInput, to_image_batch
+from ...data.dataset import AnomalyDataset
 from ...data.images import resize_image
 
 if TYPE_CHECKING:
@@ -81,6 +82,15 @@ class TrainOptions:
 
 
 def _check_images(images: Any, name: str) -> dict[str, list]:
+    """``{class: [images]}`` from a mapping or from the normal records of an ``ad_fast.data.AnomalyDataset``."""
+    if isinstance(images, AnomalyDataset):
+        grouped: dict[str, list] = {}
+        for record in images.records:
+            if record.label == 0:
+                grouped.setdefault(record.category, []).append(record.image_path)
+        if not grouped:
+            raise ValueError(f"{name}: the dataset {images.name!r} holds no normal images")
+        images = grouped
     if not isinstance(images, Mapping) or not images:
         raise TypeError(f"{name}: expected a non-empty mapping {{class name: [normal images]}}, got "
                         f"{type(images).__name__}")
@@ -224,7 +234,8 @@ def fit(model: "OneNIP", train_images: Mapping[str, Sequence[ImageInput]],
     """Train ``model`` (see the module docstring), then fill its prompt pool and calibrate ``kappa``.
 
     Args:
-        train_images: ``{class name: [normal images]}``; images as ``to_image_batch`` accepts them.
+        train_images: ``{class name: [normal images]}`` (images as ``to_image_batch`` accepts them), or an
+            ``ad_fast.data.AnomalyDataset`` (its normal images, grouped by category).
         val_images: optional normal images per class; their reconstruction error is logged every
             ``validate_every`` epochs.
         options: :class:`TrainOptions` fields.
