@@ -211,8 +211,11 @@ class OneNIP(nn.Module):
     @torch.inference_mode()
     def calibrate(self, images: ImageInput | Sequence[ImageInput], labels: Sequence[str | None] | None = None,
                   batch_size: int = 16) -> float:
-        """Set ``kappa`` = mid-range of S_rec over normal ``images`` (prompts from the pool, restricted to each
-        image's class when ``labels`` are given); returns it."""
+        """Set ``kappa`` = mid-range of S_rec over ``images`` (prompts from the pool, restricted to each image's
+        class when ``labels`` are given); returns it.
+
+        ``fit`` calls this on normal training images. Passing a whole test set (all classes, anomalies included)
+        reproduces the release's transductive constant."""
         items = list(images) if isinstance(images, (list, tuple)) else [images]
         labels = [None] * len(items) if labels is None else list(labels)
         if len(labels) != len(items):
