@@ -344,6 +344,37 @@ def test_training_resumes_from_its_checkpoint(train_images, tmp_path):
         wrong.fit(images, epochs=3, **options)
 
 
+def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.manual_seed(rank)  # different random backbones: fit must make every rank use rank 0's
+    images = {"a": _generated_images("stripes", 2, 0), "b": _generated_images("blob", 2, 1)}
+    model = OneNIP(img_size=SIZE)
+    model.fit(images, epochs=1, batch_size=1, max_steps=2, progress=False, calibration_images=2, device="cpu")
+    torch.save({k: v.clone() for k, v in model.state_dict().items()} | {"kappa": torch.tensor(model.kappa)},
+               f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_fit_under_ddp_keeps_ranks_identical(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2)
+    states = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    for key, value in states[0].items():
+        assert torch.equal(value, states[1][key]), key
+
+
 @pytest.mark.cuda
 def test_cuda_predict_matches_cpu(trained, train_images):
     model = trained[0]

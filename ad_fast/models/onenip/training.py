@@ -207,6 +207,13 @@ def _setup_distributed(device: torch.device | None) -> tuple[int, int, torch.dev
     return rank, world, device
 
 
+def _broadcast_state(module: torch.nn.Module) -> None:
+    """Copy rank 0's parameters and buffers into every rank (in place)."""
+    with torch.no_grad():
+        for tensor in module.state_dict().values():
+            dist.broadcast(tensor, 0)
+
+
 def _architecture(model: "OneNIP") -> dict[str, Any]:
     """The configuration a training checkpoint must match to be resumed (everything but kappa)."""
     return {key: value for key, value in model.config.items() if key != "kappa"}
@@ -262,6 +269,7 @@ def fit(model: "OneNIP", train_images: Mapping[str, Sequence[ImageInput]],
                         generator=generator)
     network: torch.nn.Module = model.reconstruction
     if world > 1:
+        _broadcast_state(model.backbone)  # frozen, so DDP would never sync it: every rank uses rank 0's
         network = torch.nn.parallel.DistributedDataParallel(
             network, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=model.config["decoder_variant"] == "v1_paper")
@@ -324,7 +332,7 @@ def fit(model: "OneNIP", train_images: Mapping[str, Sequence[ImageInput]],
                 "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "history": history})
     bar.close()
     if world > 1:
-        dist.barrier()
+        _broadcast_state(model.reconstruction)  # BatchNorm statistics of each rank's last step differ
     model.eval()
     _build_pool_and_calibrate(model, train_images, opts)
     if checkpoint is not None and rank == 0:
