@@ -290,6 +290,11 @@ def test_fit_fills_the_prompt_pool_and_kappa(trained, train_images):
     pooled = F.avg_pool2d(result.anomaly_map, 16, stride=1).flatten(1).amax(1)
     torch.testing.assert_close(result.pred_score, pooled)
     assert result.extras["prompt_index"].shape == (3,)
+    with torch.inference_mode():  # the pool path encodes each distinct prompt once; same maps as one per query
+        features = model.extract(model.prepare(train_images["stripes"][:2] + train_images["blob"][:1])[0])
+        rec_map, refiner_map = model.score_maps(features, model.prompt_features[result.extras["prompt_index"]])
+    torch.testing.assert_close(result.extras["rec_map"], rec_map, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(result.extras["refiner_map"], refiner_map, rtol=1e-5, atol=1e-5)
     only_blob = model.predict(train_images["stripes"][:1], label="blob")
     assert only_blob.extras["prompt_label"] == ["blob"]
 

@@ -150,15 +150,17 @@ class OneNIP(nn.Module):
         with torch.no_grad():
             return fuse_features(self.backbone((images - self.pixel_mean) / self.pixel_std))
 
-    def forward(self, features: torch.Tensor, prompt_features: torch.Tensor,
-                jitter: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stride-16 features of targets ``[B, ...]`` and prompts ``[P, ...]`` (target b uses prompt b mod P) →
-        (reconstruction ``[B, 272, h, w]``, refiner logits ``[B, 1, 4h, 4w]``)."""
-        return self.reconstruction(features, prompt_features, jitter)
+    def forward(self, features: torch.Tensor, prompt_features: torch.Tensor, jitter: float = 0.0,
+                prompt_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stride-16 features of targets ``[B, ...]`` and prompts ``[P, ...]`` (target b uses prompt
+        ``prompt_index[b]``, default b mod P) → (reconstruction ``[B, 272, h, w]``, refiner logits
+        ``[B, 1, 4h, 4w]``)."""
+        return self.reconstruction(features, prompt_features, jitter, prompt_index)
 
-    def score_maps(self, features: torch.Tensor, prompt_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def score_maps(self, features: torch.Tensor, prompt_features: torch.Tensor,
+                   prompt_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """→ (S_rec, M_hat), both ``[B, 1, S, S]``."""
-        reconstruction, logits = self(features, prompt_features)
+        reconstruction, logits = self(features, prompt_features, prompt_index=prompt_index)
         size = (self.img_size, self.img_size)
         return scoring.reconstruction_map(features, reconstruction, size), scoring.refiner_probability(logits, size)
 
@@ -196,17 +198,20 @@ class OneNIP(nn.Module):
         return candidates.to(position.device)[position[:, 0]], 1.0 - distance[:, 0]
 
     # ------------------------------------------------------------------------------------------- inference
-    def _prompt_features_for(self, features: torch.Tensor, prompt: Any, label: str | None) -> tuple[torch.Tensor, dict]:
+    def _prompt_features_for(self, features: torch.Tensor, prompt: Any,
+                             label: str | None) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+        """→ (distinct prompt features ``[P, ...]``, per-query index into them or None for b mod P, extras)."""
         if prompt is not None:
             prompts = self.extract(self.prepare(prompt, "prompt")[0])
             if prompts.shape[0] not in (1, features.shape[0]):
                 raise ValueError(f"prompt: expected 1 or {features.shape[0]} prompts (one per image), "
                                  f"got {prompts.shape[0]}")
-            return prompts, {}
+            return prompts, None, {}
         index, similarity = self.retrieve_prompts(features, label)
-        prompts = self.prompt_features[index.cpu()].to(self.device)
-        return prompts, {"prompt_index": index, "prompt_similarity": similarity,
-                         "prompt_label": [self.prompt_labels[i] for i in index.tolist()]}
+        distinct, inverse = index.cpu().unique(return_inverse=True)  # each pool prompt is encoded once
+        prompts = self.prompt_features[distinct].to(self.device)
+        return prompts, inverse.to(self.device), {"prompt_index": index, "prompt_similarity": similarity,
+                                                  "prompt_label": [self.prompt_labels[i] for i in index.tolist()]}
 
     @torch.inference_mode()
     def calibrate(self, images: ImageInput | Sequence[ImageInput], labels: Sequence[str | None] | None = None,
@@ -255,8 +260,8 @@ class OneNIP(nn.Module):
         self.eval()
         queries, sizes = self.prepare(images, "images")
         features = self.extract(queries)
-        prompts, extras = self._prompt_features_for(features, prompt, label)
-        rec_map, probability = self.score_maps(features, prompts)
+        prompts, prompt_index, extras = self._prompt_features_for(features, prompt, label)
+        rec_map, probability = self.score_maps(features, prompts, prompt_index)
         amap = scoring.combine(rec_map, probability, self.alpha, kappa)
         result = AnomalyResult(amap, scoring.image_score(amap, self.avgpool_size),
                                extras={"rec_map": rec_map, "refiner_map": probability, **extras})

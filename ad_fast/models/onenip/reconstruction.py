@@ -56,26 +56,32 @@ class Reconstruction(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
-    def reconstruct(self, features: torch.Tensor, prompt: torch.Tensor, jitter: float = 0.0) -> torch.Tensor:
-        """features ``[B, 272, h, w]``, prompt features ``[P, 272, h, w]`` (B a multiple of P; target b uses prompt
-        ``b mod P``) → reconstructed features ``[B, 272, h, w]``. ``jitter > 0`` adds feature jitter to every
-        token (targets and prompts) before the input projection."""
+    def reconstruct(self, features: torch.Tensor, prompt: torch.Tensor, jitter: float = 0.0,
+                    prompt_index: torch.Tensor | None = None) -> torch.Tensor:
+        """features ``[B, 272, h, w]``, prompt features ``[P, 272, h, w]`` → reconstructed features
+        ``[B, 272, h, w]``. Target b uses prompt ``prompt_index[b]`` (``[B]`` int64), by default ``b mod P`` (then
+        B must be a multiple of P). ``jitter > 0`` adds feature jitter to every token (targets and prompts) before
+        the input projection."""
         batch, _, height, width = features.shape
         if (height, width) != self.feature_size or tuple(prompt.shape[-2:]) != self.feature_size:
             raise ValueError(f"features: expected feature maps of size {self.feature_size}, got "
                              f"{tuple(features.shape[-2:])} and prompt {tuple(prompt.shape[-2:])}")
-        if prompt.shape[0] < 1 or batch % prompt.shape[0]:
+        if prompt_index is None and (prompt.shape[0] < 1 or batch % prompt.shape[0]):
             raise ValueError(f"prompt: expected a number of prompts dividing the batch size {batch}, "
                              f"got {prompt.shape[0]}")
+        if prompt_index is not None and (prompt_index.shape != (batch,) or prompt_index.dtype != torch.long or
+                                         (batch and not 0 <= int(prompt_index.min()) <= int(prompt_index.max())
+                                          < prompt.shape[0])):
+            raise ValueError(f"prompt_index: expected {batch} int64 indices in [0, {prompt.shape[0]})")
         tokens = torch.cat([features, prompt]).flatten(2).permute(2, 0, 1)  # [N, B + P, 272]
         if jitter > 0:
             tokens = feature_jitter(tokens, jitter)
         tokens = self.input_proj(tokens)
-        out = self.transformer(tokens[:, :batch], tokens[:, batch:], self.pos_embed(), self.attn_mask)
+        out = self.transformer(tokens[:, :batch], tokens[:, batch:], self.pos_embed(), self.attn_mask, prompt_index)
         return self.output_proj(out).permute(1, 2, 0).reshape(batch, -1, height, width)
 
-    def forward(self, features: torch.Tensor, prompt: torch.Tensor,
-                jitter: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, features: torch.Tensor, prompt: torch.Tensor, jitter: float = 0.0,
+                prompt_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """→ (reconstruction ``[B, 272, h, w]``, refiner logits on ``|F - F_hat|`` ``[B, 1, 4h, 4w]``)."""
-        reconstruction = self.reconstruct(features, prompt, jitter)
+        reconstruction = self.reconstruct(features, prompt, jitter, prompt_index)
         return reconstruction, self.seghead((reconstruction - features).abs())

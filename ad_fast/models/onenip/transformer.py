@@ -109,7 +109,7 @@ class Decoder(nn.Module):
 
 class Transformer(nn.Module):
     """Encoder over ``[targets; prompts]`` (independently per sequence), then the decoder pairing target b with
-    prompt ``b mod P``."""
+    prompt ``prompt_index[b]`` (default ``b mod P``), so a prompt shared by several targets is encoded once."""
 
     def __init__(self, dim: int = 256, heads: int = 8, ffn_dim: int = 1024, encoder_depth: int = 4,
                  decoder_depth: int = 4, dropout: float = 0.1, variant: str = "v2_fixed"):
@@ -119,12 +119,15 @@ class Transformer(nn.Module):
         self.encoder = Encoder(encoder_depth, dim, heads, ffn_dim, dropout)
         self.decoder = Decoder(decoder_depth, dim, heads, ffn_dim, dropout, variant)
 
-    def forward(self, image: torch.Tensor, prompt: torch.Tensor, pos: torch.Tensor,
-                mask: torch.Tensor | None) -> torch.Tensor:
-        """image ``[N, B, d]``, prompt ``[N, P, d]`` (B a multiple of P) → reconstruction tokens ``[N, B, d]``."""
+    def forward(self, image: torch.Tensor, prompt: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor | None,
+                prompt_index: torch.Tensor | None = None) -> torch.Tensor:
+        """image ``[N, B, d]``, prompt ``[N, P, d]``, prompt_index ``[B]`` int64 in [0, P) → reconstruction tokens
+        ``[N, B, d]``."""
         batch, prompts = image.shape[1], prompt.shape[1]
+        if prompt_index is None:
+            prompt_index = torch.arange(batch, device=image.device) % prompts
         encoded = self.encoder(torch.cat([image, prompt], dim=1), pos, mask)
         image, prompt = encoded[:, :batch], encoded[:, batch:]
-        if prompts != batch:
-            prompt = prompt.repeat(1, batch // prompts, 1)
+        if prompts != batch or not torch.equal(prompt_index, torch.arange(batch, device=prompt_index.device)):
+            prompt = prompt.index_select(1, prompt_index)
         return self.decoder(prompt, image, pos, mask)
