@@ -143,7 +143,7 @@ def hard_align(
         positions whose best similarities differ by float rounding only may pick either.
     """
     q3, k3, v3 = _flattened(q, k, v)
-    if not _kernel_runs("hard_align", q, backend):
+    if not _kernel_runs("hard_align_match", q, backend):
         return hard_align_reference(q, k, v, return_similarity)
     max_cos, index = torch.ops.ad_fast.hard_align_match(q3.detach(), k3.detach())
     return _gathered(q, v3, max_cos, index, return_similarity)
