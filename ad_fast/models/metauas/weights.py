@@ -211,3 +211,15 @@ def write_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Ten
     else:
         torch.save({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": dict(config),
                     "state_dict": tensors}, path)
+
+
+def load_encoder_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
+    """Load ImageNet EfficientNet-B4 weights into ``model.encoder``: a lukemelas ``efficientnet-b4-*.pth``
+    (``_fc`` is dropped) or a timm ``tf_efficientnet_b4`` state_dict (``classifier`` is dropped)."""
+    state_dict, _ = read_checkpoint(path)
+    if "_conv_stem.weight" in state_dict:
+        state_dict = official_to_adfast({f"encoder.{k}": v for k, v in state_dict.items() if not k.startswith("_fc.")})
+        state_dict = {k[len("encoder."):]: v for k, v in state_dict.items()}
+    else:
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("classifier.")}
+    load_state_dict_strict(model.encoder, state_dict, f"encoder weights {str(path)!r}")
