@@ -2,7 +2,8 @@
 
 Sources are found by glob, so a new kernel folder needs no edit here:
   csrc/**/*.cpp except *_cuda.cpp      CPU kernels and op schemas (always)
-  csrc/**/*_cuda.cpp, csrc/**/*.cu     CUDA launchers and kernels (CUDA build only)
+  csrc/**/*_cuda.cpp, csrc/**/*.cu     CUDA launchers and kernels (CUDA build only); a .cu must not share
+                                       its stem with a .cpp (both would compile to <stem>.o): name it <op>_kernel.cu
 Environment: CUDA is built whenever torch has CUDA and nvcc is found (no GPU needs to be visible);
 AD_FAST_NO_CUDA=1 skips it; AD_FAST_MARCH sets -march (default "native": set
 "x86-64-v2" or similar when building a wheel for other machines); TORCH_CUDA_ARCH_LIST picks the GPU targets (default "9.0").

@@ -1,27 +1,7 @@
-// The ad_fast._C extension module. Importing it runs the static op registrations of every csrc/<op>/ file.
+// The ad_fast._C Python extension module. It holds no Python functions: importing it loads this library,
+// whose static registrations (TORCH_LIBRARY / TORCH_LIBRARY_FRAGMENT / TORCH_LIBRARY_IMPL in every
+// csrc/<op>/ file) define the torch.ops.ad_fast.* ops.
 #include <Python.h>
-#include <torch/library.h>
-
-#include <string>
-
-namespace {
-
-std::string build_info() {
-  std::string info = "cpu";
-#ifdef AD_FAST_WITH_CUDA
-  info += ",cuda";
-#endif
-#ifdef _OPENMP
-  info += ",openmp";
-#endif
-  return info;
-}
-
-}  // namespace
-
-TORCH_LIBRARY(ad_fast, m) {
-  m.def("_build_info() -> str", &build_info);
-}
 
 extern "C" {
 PyObject* PyInit__C(void) {

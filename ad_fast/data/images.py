@@ -9,11 +9,13 @@ from typing import Sequence, Union
 import numpy as np
 import torch
 
+from .._io import atomic_path
+
 ImageInput = Union[str, os.PathLike, "PIL.Image.Image", np.ndarray, torch.Tensor]  # noqa: F821
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as an RGB ``uint8`` array ``[H, W, 3]``.
+    """Read an image file (PNG/JPG/BMP/TIFF; 8-bit grey, 16-bit grey, palette, RGB or RGBA) as RGB ``uint8`` ``[H, W, 3]``.
 
     Raises:
         FileNotFoundError: the path does not exist.
@@ -27,10 +29,13 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
+            if img.mode.startswith("I;16") or img.mode == "I":  # 16-bit grey: scale, PIL's convert would clip
+                grey = np.asarray(img, dtype=np.float64) * (255.0 / 65535.0)
+                return np.repeat(np.clip(grey, 0, 255).round().astype(np.uint8)[:, :, None], 3, axis=2)
             rgb = img.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise ValueError(f"cannot read image {str(path)!r}: {error}") from error
-    return np.asarray(rgb, dtype=np.uint8)
+    return np.array(rgb, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on read-only arrays)
 
 
 def _array_to_chw(array: np.ndarray, name: str) -> torch.Tensor:
@@ -95,3 +100,80 @@ def to_image_batch(images: ImageInput | Sequence[ImageInput], name: str = "image
         raise ValueError(f"{name}: expected at least one image, got an empty input")
     tensors = [_one_image(item, f"{name}[{i}]") for i, item in enumerate(items)]
     return tensors, [(int(t.shape[1]), int(t.shape[2])) for t in tensors]
+
+
+def _as_size(size: int | tuple[int, int], name: str = "size") -> tuple[int, int]:
+    if isinstance(size, int):
+        size = (size, size)
+    if (
+        not isinstance(size, (tuple, list))
+        or len(size) != 2
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)
+    ):
+        raise ValueError(f"{name}: expected a positive int or a pair (H, W) of positive ints, got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def resize_image(image: torch.Tensor, size: int | tuple[int, int], antialias: bool = True) -> torch.Tensor:
+    """Bilinearly resize an image ``[C, H, W]`` (or batch ``[B, C, H, W]``) to ``size`` (H, W).
+
+    ``antialias=True`` matches PIL's bilinear resize when shrinking. Returns the input when it already has the size.
+    """
+    size = _as_size(size)
+    if tuple(image.shape[-2:]) == size:
+        return image
+    batch = image if image.ndim == 4 else image.unsqueeze(0)
+    out = torch.nn.functional.interpolate(batch, size=size, mode="bilinear", align_corners=False, antialias=antialias)
+    return out if image.ndim == 4 else out.squeeze(0)
+
+
+def read_image(path: str | os.PathLike, size: int | tuple[int, int] | None = None) -> torch.Tensor:
+    """Read an image file (PNG/JPG/BMP/TIFF, grey or colour) as float32 RGB ``[3, H, W]`` in [0, 1], resized to ``size``."""
+    image = _array_to_chw(load_image(path), str(path)).contiguous()
+    return image if size is None else resize_image(image, size).clamp_(0.0, 1.0)
+
+
+def read_mask(path: str | os.PathLike, size: int | tuple[int, int] | None = None) -> torch.Tensor:
+    """Read a ground-truth mask file as float32 ``[1, H, W]`` in {0, 1} (any non-zero pixel is anomalous).
+
+    Resizing uses nearest-neighbour sampling so the mask stays binary.
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        ValueError: the file exists but is not a readable image.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"mask file not found: {str(path)!r}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            array = np.asarray(img)
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise ValueError(f"cannot read mask {str(path)!r}: {error}") from error
+    if array.ndim == 3:
+        array = array[:, :, :3].max(axis=2) if array.shape[2] >= 3 else array[:, :, 0]
+    mask = torch.from_numpy(np.ascontiguousarray(array > 0)).float().unsqueeze(0)
+    if size is not None and tuple(mask.shape[-2:]) != _as_size(size):
+        mask = torch.nn.functional.interpolate(mask.unsqueeze(0), size=_as_size(size), mode="nearest").squeeze(0)
+    return mask
+
+
+def save_image(path: str | os.PathLike, image: torch.Tensor | np.ndarray) -> None:
+    """Write ``image`` (float ``[C, H, W]`` in [0, 1], or uint8 ``[H, W]`` / ``[H, W, 3]``) to ``path`` atomically.
+
+    The file is written beside its destination under a temporary name, then renamed, so a reader never sees half an image.
+    """
+    from PIL import Image
+
+    if isinstance(image, torch.Tensor):
+        array = image.detach().cpu().float().clamp(0, 1).mul(255).round().byte()
+        array = array.squeeze(0).numpy() if array.shape[0] == 1 else array.permute(1, 2, 0).numpy()
+    else:
+        array = np.asarray(image)
+    if array.dtype != np.uint8:
+        raise TypeError(f"image: expected a float tensor or a uint8 array, got dtype {array.dtype}")
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format=Image.registered_extensions().get(Path(path).suffix.lower(), "PNG"))

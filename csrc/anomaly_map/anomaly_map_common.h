@@ -18,19 +18,22 @@ namespace anomaly_map {
 
 // Bilinear taps along one axis for output index dst: src = (dst + 0.5) * in/out - 0.5, clamped at 0,
 // exactly as ATen's upsample_bilinear2d with align_corners=False and no explicit scale factor.
+// Computed in T (float for float32/half inputs, double for float64), as ATen does.
+template <typename T>
 struct LinearTap {
   int64_t i0, i1;
-  float w1;  // weight of i1; i0 gets 1 - w1
+  T w1;  // weight of i1; i0 gets 1 - w1
 };
 
-AD_HOST_DEVICE inline LinearTap linear_tap(int64_t dst, int64_t in_size, int64_t out_size) {
-  const float scale = static_cast<float>(in_size) / static_cast<float>(out_size);
-  float src = scale * (static_cast<float>(dst) + 0.5f) - 0.5f;
-  if (src < 0.f) src = 0.f;
+template <typename T>
+AD_HOST_DEVICE inline LinearTap<T> linear_tap(int64_t dst, int64_t in_size, int64_t out_size) {
+  const T scale = static_cast<T>(in_size) / static_cast<T>(out_size);
+  T src = scale * (static_cast<T>(dst) + T(0.5)) - T(0.5);
+  if (src < T(0)) src = T(0);
   int64_t i0 = static_cast<int64_t>(src);
   if (i0 > in_size - 1) i0 = in_size - 1;
   const int64_t i1 = i0 + (i0 < in_size - 1 ? 1 : 0);
-  return {i0, i1, src - static_cast<float>(i0)};
+  return {i0, i1, src - static_cast<T>(i0)};
 }
 
 // Reflect (mirror without repeating the edge sample: d c b | a b c d | c b a), applied repeatedly so any

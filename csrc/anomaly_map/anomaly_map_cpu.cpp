@@ -90,13 +90,14 @@ at::Tensor level_distance(const at::Tensor& a, const at::Tensor& b, bool cosine)
   return dist;
 }
 
+template <typename scalar_t>
 struct LevelTaps {
-  std::vector<LinearTap> x;  // per output column
-  std::vector<LinearTap> y;  // per output row
+  std::vector<LinearTap<scalar_t>> x;  // per output column
+  std::vector<LinearTap<scalar_t>> y;  // per output row
 };
 
 template <typename scalar_t>
-void upsample_sum_rows(const std::vector<at::Tensor>& dists, const std::vector<LevelTaps>& taps,
+void upsample_sum_rows(const std::vector<at::Tensor>& dists, const std::vector<LevelTaps<scalar_t>>& taps,
                        const std::vector<double>& weights, int64_t B, int64_t H, int64_t W, scalar_t* dst,
                        const std::vector<scalar_t>& blur_taps) {
   const int radius = static_cast<int>(blur_taps.size() / 2);
@@ -108,11 +109,11 @@ void upsample_sum_rows(const std::vector<at::Tensor>& dists, const std::vector<L
       for (size_t l = 0; l < dists.size(); ++l) {
         const int64_t h_l = dists[l].size(1), w_l = dists[l].size(2);
         const scalar_t* d = dists[l].const_data_ptr<scalar_t>() + n * h_l * w_l;
-        const LinearTap ty = taps[l].y[y];
+        const LinearTap<scalar_t> ty = taps[l].y[y];
         const scalar_t* r0 = d + ty.i0 * w_l;
         const scalar_t* r1 = d + ty.i1 * w_l;
         const scalar_t wy1 = ty.w1, wy0 = scalar_t(1) - ty.w1, wl = static_cast<scalar_t>(weights[l]);
-        const LinearTap* tx = taps[l].x.data();
+        const LinearTap<scalar_t>* tx = taps[l].x.data();
         for (int64_t x = 0; x < W; ++x) {
           const scalar_t wx1 = tx[x].w1, wx0 = scalar_t(1) - tx[x].w1;
           const scalar_t top = wx0 * r0[tx[x].i0] + wx1 * r0[tx[x].i1];
@@ -188,14 +189,14 @@ at::Tensor anomaly_map_cpu(at::TensorList feats_a, at::TensorList feats_b, at::I
   at::Tensor out = at::empty({B, 1, H, W}, first.options().memory_format(at::MemoryFormat::Contiguous));
   if (B == 0) return out;
   const std::vector<double> taps_f64 = blur_sigma > 0 ? gaussian_taps(blur_sigma) : std::vector<double>{1.0};
-  std::vector<LevelTaps> taps(feats_a.size());
-  for (size_t l = 0; l < feats_a.size(); ++l) {
-    const int64_t h_l = feats_a[l].size(2), w_l = feats_a[l].size(3);
-    for (int64_t x = 0; x < W; ++x) taps[l].x.push_back(linear_tap(x, w_l, W));
-    for (int64_t y = 0; y < H; ++y) taps[l].y.push_back(linear_tap(y, h_l, H));
-  }
   std::vector<double> level_weights(weights.begin(), weights.end());
   AT_DISPATCH_FLOATING_TYPES(first.scalar_type(), "anomaly_map_cpu", [&] {
+    std::vector<LevelTaps<scalar_t>> taps(feats_a.size());
+    for (size_t l = 0; l < feats_a.size(); ++l) {
+      const int64_t h_l = feats_a[l].size(2), w_l = feats_a[l].size(3);
+      for (int64_t x = 0; x < W; ++x) taps[l].x.push_back(linear_tap<scalar_t>(x, w_l, W));
+      for (int64_t y = 0; y < H; ++y) taps[l].y.push_back(linear_tap<scalar_t>(y, h_l, H));
+    }
     std::vector<at::Tensor> dists;
     for (size_t l = 0; l < feats_a.size(); ++l) dists.push_back(level_distance<scalar_t>(feats_a[l], feats_b[l], cosine));
     const std::vector<scalar_t> blur_taps(taps_f64.begin(), taps_f64.end());

@@ -23,28 +23,51 @@ struct Levels {
   int count;
 };
 
-// One thread per (b, h, w) of one level; adjacent threads read adjacent w, so NCHW loads coalesce.
+// Block of kPixels x kSlices threads: threadIdx.x walks 32 adjacent pixels (coalesced NCHW loads), threadIdx.y
+// one of kSlices channel slices; the slices' partial sums meet in shared memory. Splitting channels keeps
+// enough threads in flight on the small, deep levels (e.g. 16x16 pixels x 1024 channels).
+constexpr int kPixels = 32;
+constexpr int kSlices = 16;
+
 template <typename T>
 __global__ void level_distance_kernel(LevelView view, int64_t batch, bool cosine, float* dist) {
+  __shared__ float partial[3][kSlices][kPixels];
   const int64_t hw = view.height * view.width;
   const int64_t total = batch * hw;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t n = i / hw, h = (i % hw) / view.width, w = i % view.width;
-    const T* a = static_cast<const T*>(view.a) + n * view.a_strides[0] + h * view.a_strides[2] + w * view.a_strides[3];
-    const T* b = static_cast<const T*>(view.b) + n * view.b_strides[0] + h * view.b_strides[2] + w * view.b_strides[3];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  for (int64_t base = blockIdx.x * int64_t(kPixels); base < total; base += int64_t(gridDim.x) * kPixels) {
+    const int64_t i = base + tx;
     float dot = 0.f, na = 0.f, nb = 0.f;
-    for (int64_t c = 0; c < view.channels; ++c) {
-      const float x = to_float(a[c * view.a_strides[1]]);
-      const float y = to_float(b[c * view.b_strides[1]]);
-      if (cosine) {
-        dot = fmaf(x, y, dot);
-        na = fmaf(x, x, na);
-        nb = fmaf(y, y, nb);
-      } else {
-        dot = fmaf(x - y, x - y, dot);
+    if (i < total) {
+      const int64_t n = i / hw, h = (i % hw) / view.width, w = i % view.width;
+      const T* a = static_cast<const T*>(view.a) + n * view.a_strides[0] + h * view.a_strides[2] + w * view.a_strides[3];
+      const T* b = static_cast<const T*>(view.b) + n * view.b_strides[0] + h * view.b_strides[2] + w * view.b_strides[3];
+      for (int64_t c = ty; c < view.channels; c += kSlices) {
+        const float x = to_float(a[c * view.a_strides[1]]);
+        const float y = to_float(b[c * view.b_strides[1]]);
+        if (cosine) {
+          dot = fmaf(x, y, dot);
+          na = fmaf(x, x, na);
+          nb = fmaf(y, y, nb);
+        } else {
+          dot = fmaf(x - y, x - y, dot);
+        }
       }
     }
-    dist[i] = cosine ? 1.f - dot / sqrtf(fmaxf(na * nb, 1e-16f)) : sqrtf(dot);
+    partial[0][ty][tx] = dot;
+    partial[1][ty][tx] = na;
+    partial[2][ty][tx] = nb;
+    __syncthreads();
+    if (ty == 0 && i < total) {
+      dot = na = nb = 0.f;
+      for (int s = 0; s < kSlices; ++s) {  // fixed order: deterministic results
+        dot += partial[0][s][tx];
+        na += partial[1][s][tx];
+        nb += partial[2][s][tx];
+      }
+      dist[i] = cosine ? 1.f - dot / sqrtf(fmaxf(na * nb, 1e-16f)) : sqrtf(dot);
+    }
+    __syncthreads();
   }
 }
 
@@ -59,8 +82,8 @@ __global__ void upsample_sum_kernel(Levels levels, int64_t batch, int64_t out_h,
     for (int l = 0; l < levels.count; ++l) {
       const int64_t h_l = levels.level[l].height, w_l = levels.level[l].width;
       const float* d = dist + levels.dist_offset[l] + n * h_l * w_l;
-      const LinearTap ty = linear_tap(y, h_l, out_h);
-      const LinearTap tx = linear_tap(x, w_l, out_w);
+      const LinearTap<float> ty = linear_tap<float>(y, h_l, out_h);
+      const LinearTap<float> tx = linear_tap<float>(x, w_l, out_w);
       const float top = (1.f - tx.w1) * d[ty.i0 * w_l + tx.i0] + tx.w1 * d[ty.i0 * w_l + tx.i1];
       const float bottom = (1.f - tx.w1) * d[ty.i1 * w_l + tx.i0] + tx.w1 * d[ty.i1 * w_l + tx.i1];
       sum += levels.level[l].weight * ((1.f - ty.w1) * top + ty.w1 * bottom);
@@ -94,8 +117,8 @@ cudaError_t launch_typed(const LevelView* views, int num_levels, int64_t batch, 
     levels.level[l] = views[l];
     levels.dist_offset[l] = offset;
     const int64_t n = batch * views[l].height * views[l].width;
-    level_distance_kernel<T><<<cuda::grid_for(n, kThreads), kThreads, 0, stream>>>(views[l], batch, cosine,
-                                                                                      dist_scratch + offset);
+    level_distance_kernel<T><<<cuda::grid_for(n, kPixels), dim3(kPixels, kSlices), 0, stream>>>(
+        views[l], batch, cosine, dist_scratch + offset);
     AD_CUDA_RETURN_IF_ERROR(cudaGetLastError());
     offset += n;
   }

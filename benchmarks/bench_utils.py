@@ -1,0 +1,59 @@
+"""Shared benchmark helpers: fast mode for CI, peak-memory measurement, device synchronisation."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+FAST = os.environ.get("AD_FAST_BENCH_FAST") == "1"
+
+
+def pick(full, fast):
+    """``fast`` under AD_FAST_BENCH_FAST=1 (CI smoke run), else ``full``."""
+    return fast if FAST else full
+
+
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def peak_extra_mib(fn, device: str = "cpu") -> float:
+    """Peak memory ``fn()`` adds above what is resident before it (MiB), after one warm-up call.
+
+    CPU: the process's peak RSS (VmHWM, reset through /proc/self/clear_refs) minus RSS before the call.
+    CUDA: torch.cuda.max_memory_allocated minus memory_allocated before the call.
+    """
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    before = _rss_kib("VmRSS")
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")
+    except OSError:
+        return float("nan")
+    fn()
+    return (_rss_kib("VmHWM") - before) / 1024
+
+
+def synchronized(fn, device: str):
+    """``fn`` followed by a device synchronisation, so CUDA timings cover the work."""
+    if device != "cuda":
+        return fn
+
+    def run():
+        out = fn()
+        torch.cuda.synchronize()
+        return out
+
+    return run

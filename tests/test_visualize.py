@@ -1,0 +1,43 @@
+"""Overlays and plots."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ad_fast import visualize
+
+
+def test_overlay_blend_and_contours():
+    image = torch.full((3, 12, 14), 0.5)
+    amap = torch.zeros(1, 12, 14)
+    amap[0, 3:8, 4:9] = 1.0
+    plain = visualize.overlay(image, amap, alpha=0.0)
+    assert plain.shape == (12, 14, 3) and plain.dtype == np.uint8 and np.all(plain == 128)
+    mask = (amap[0] > 0.5).numpy()
+    gt = np.zeros_like(mask)
+    gt[9:11, 1:3] = True  # 2x2: every pixel is on the boundary
+    out = visualize.overlay(image, amap, pred_mask=mask, gt_mask=gt, alpha=0.0)
+    assert np.all(out[gt] == visualize.GT_CONTOUR)
+    ring = mask & ~np.pad(mask, 1)[2:, 1:-1] | mask & ~np.pad(mask, 1)[:-2, 1:-1] | \
+        mask & ~np.pad(mask, 1)[1:-1, 2:] | mask & ~np.pad(mask, 1)[1:-1, :-2]
+    assert np.all(out[ring] == visualize.PRED_CONTOUR)
+    assert np.all(out[mask & ~ring] == 128)  # the interior is not drawn on
+    hot = visualize.overlay(image, amap, alpha=1.0)
+    assert not np.array_equal(hot[4, 5], hot[0, 0])
+    with pytest.raises(ValueError, match="size"):
+        visualize.overlay(image, torch.zeros(5, 5))
+
+
+def test_files(tmp_path):
+    rng = np.random.default_rng(0)
+    images = [torch.rand(3, 16, 16) for _ in range(3)]
+    maps = [rng.random((16, 16)) for _ in range(3)]
+    grid = visualize.category_grid(tmp_path / "g" / "grid.png", images, maps, [m > 0.9 for m in maps],
+                                   ["a", "b", "c"], threshold=0.8)
+    plot = visualize.plot_roc_pr(tmp_path / "roc.png", rng.random(50), rng.random(50) < 0.4, "t")
+    path = visualize.save_overlay(tmp_path / "o.png", images[0], maps[0])
+    for p in (grid, plot, path):
+        assert Image.open(p).size[0] > 0
+    assert Image.open(path).size == (16, 16)
+    assert sorted(q.name for q in tmp_path.rglob("*") if q.is_file()) == ["grid.png", "o.png", "roc.png"]
