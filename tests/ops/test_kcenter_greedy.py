@@ -1,0 +1,173 @@
+"""ad_fast.ops.kcenter_greedy against a float64 farthest-point oracle and the PyTorch reference loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ad_fast._extension import has_cuda_ops, has_ops
+from ad_fast.ops import kcenter_greedy
+from ad_fast.ops.kcenter_greedy import random_projection
+
+BACKENDS = ["reference", pytest.param("kernel", marks=pytest.mark.skipif(not has_ops(), reason="ad_fast._C not built"))]
+
+
+def oracle(z: torch.Tensor, n_select: int, first: int | None, init: torch.Tensor | None = None):
+    """Plain float64 farthest-point loop: picks and the coverage radius after each pick."""
+    z = z.double()
+    min_dist = torch.full((z.shape[0],), float("inf"), dtype=torch.float64) if init is None else init.double().clone()
+    center = first if init is None else int(torch.argmax(min_dist))
+    picks, radii = [], []
+    for _ in range(n_select):
+        picks.append(center)
+        min_dist = torch.minimum(min_dist, torch.linalg.vector_norm(z - z[center], dim=1))
+        center = int(torch.argmax(min_dist))
+        radii.append(float(min_dist[center]))
+    return torch.tensor(picks, dtype=torch.long), torch.tensor(radii, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n, d, n_select", [(1, 3, 1), (2, 1, 2), (97, 5, 30), (4099, 17, 40), (9000, 128, 25)])
+def test_matches_oracle_without_projection(n, d, n_select, backend):
+    gen = torch.Generator().manual_seed(n + d)
+    features = torch.randn(n, d, generator=gen)
+    idx, radii = kcenter_greedy(features, n_select, projection_dim=None, start_index=n // 2, return_radii=True, backend=backend)
+    idx_ref, radii_ref = oracle(features, n_select, n // 2)
+    assert idx.dtype == torch.long and radii.dtype == torch.float32
+    assert torch.equal(idx, idx_ref)
+    torch.testing.assert_close(radii.double(), radii_ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_projection_matches_oracle_on_projected_rows(backend):
+    gen = torch.Generator().manual_seed(1)
+    features = torch.randn(3000, 300, generator=gen)
+    idx, radii = kcenter_greedy(features, 60, projection_dim=16, seed=7, return_radii=True, backend=backend)
+    projected = features @ random_projection(300, 16, seed=7)
+    first = int(torch.randint(3000, (1,), generator=torch.Generator().manual_seed(7)))
+    idx_ref, radii_ref = oracle(projected, 60, first)
+    assert torch.equal(idx, idx_ref)
+    torch.testing.assert_close(radii.double(), radii_ref, rtol=1e-5, atol=1e-6)
+    explicit = kcenter_greedy(features, 60, projection=random_projection(300, 16, seed=7), start_index=first, backend=backend)
+    assert torch.equal(explicit, idx)
+
+
+def test_kernel_equals_reference_and_radius_never_increases():
+    if not has_ops():
+        pytest.skip("ad_fast._C not built")
+    gen = torch.Generator().manual_seed(2)
+    features = torch.randn(20001, 64, generator=gen)
+    idx, radii = kcenter_greedy(features, ratio=0.01, projection_dim=32, seed=3, return_radii=True, backend="kernel")
+    idx_ref, radii_ref = kcenter_greedy(
+        features, ratio=0.01, projection_dim=32, seed=3, return_radii=True, backend="reference"
+    )
+    assert idx.shape == (200,)  # int(20001 * 0.01)
+    assert torch.equal(idx, idx_ref)
+    torch.testing.assert_close(radii, radii_ref, rtol=1e-5, atol=1e-6)
+    assert bool((radii[1:] <= radii[:-1]).all())
+    assert idx.unique().numel() == 200
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_init_distances(backend):
+    gen = torch.Generator().manual_seed(4)
+    features = torch.randn(500, 8, generator=gen)
+    init = torch.rand(500, generator=gen) * 3
+    idx, radii = kcenter_greedy(features, 20, projection_dim=None, init_distances=init, return_radii=True, backend=backend)
+    idx_ref, radii_ref = oracle(features, 20, None, init)
+    assert int(idx[0]) == int(init.argmax())
+    assert torch.equal(idx, idx_ref)
+    torch.testing.assert_close(radii.double(), radii_ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ratio_count_seed_and_edges(backend):
+    gen = torch.Generator().manual_seed(5)
+    features = torch.randn(205, 10, generator=gen)
+    by_ratio = kcenter_greedy(features, ratio=0.1, projection_dim=4, backend=backend)
+    by_count = kcenter_greedy(features, n_select=20, projection_dim=4, backend=backend)
+    assert torch.equal(by_ratio, by_count)  # int(205 * 0.1) == 20
+    assert torch.equal(kcenter_greedy(features, 20, projection_dim=4, backend=backend), by_count)  # same seed
+    assert int(kcenter_greedy(features, 3, start_index=17, backend=backend)[0]) == 17
+    assert kcenter_greedy(features, 0, backend=backend).shape == (0,)
+    assert kcenter_greedy(features[:0], 0, backend=backend).shape == (0,)
+    assert torch.equal(kcenter_greedy(features, 205, backend=backend).sort().values, torch.arange(205))
+    duplicates = torch.cat([features[:3]] * 4)  # every row repeats: picks stay unique until radius 0
+    idx, radii = kcenter_greedy(duplicates, 4, projection_dim=None, start_index=0, return_radii=True, backend=backend)
+    assert sorted(idx[:3].tolist()) == [0, 1, 2] and float(radii[2]) == 0.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_arguments_raise(backend):
+    features = torch.randn(50, 6)
+    with pytest.raises(ValueError, match="n_select"):
+        kcenter_greedy(features, 51, backend=backend)
+    with pytest.raises(ValueError, match="n_select/ratio"):
+        kcenter_greedy(features, backend=backend)
+    with pytest.raises(ValueError, match="n_select/ratio"):
+        kcenter_greedy(features, 3, ratio=0.1, backend=backend)
+    for ratio in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="ratio"):
+            kcenter_greedy(features, ratio=ratio, backend=backend)
+    with pytest.raises(ValueError, match="start_index"):
+        kcenter_greedy(features, 3, start_index=50, backend=backend)
+    with pytest.raises(ValueError, match="projection_dim"):
+        kcenter_greedy(features, 3, projection_dim=0, backend=backend)
+    with pytest.raises(ValueError, match="projection"):
+        kcenter_greedy(features, 3, projection=torch.randn(5, 2), backend=backend)
+    with pytest.raises(ValueError, match="init_distances"):
+        kcenter_greedy(features, 3, init_distances=torch.rand(49), backend=backend)
+    with pytest.raises(ValueError, match="features"):
+        kcenter_greedy(torch.randn(50), 3, backend=backend)
+    with pytest.raises(TypeError, match="features"):
+        kcenter_greedy(features.long(), 3, backend=backend)
+    bad = features.clone()
+    bad[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="features"):
+        kcenter_greedy(bad, 3, backend=backend)
+
+
+def test_large_n_runs_in_seconds():
+    """N = 200k rows (already 32-d): the kernel's fused pass, checked against the reference for a few picks."""
+    if not has_ops():
+        pytest.skip("ad_fast._C not built")
+    gen = torch.Generator().manual_seed(6)
+    features = torch.randn(200_000, 32, generator=gen)
+    idx, radii = kcenter_greedy(features, 100, projection_dim=None, seed=1, return_radii=True, backend="kernel")
+    assert idx.unique().numel() == 100 and bool((radii[1:] <= radii[:-1]).all())
+    idx_ref = kcenter_greedy(features, 5, projection_dim=None, seed=1, backend="reference")
+    assert torch.equal(idx[:5], idx_ref)
+
+
+def test_kernel_is_independent_of_thread_count_and_opcheck():
+    if not has_ops():
+        pytest.skip("ad_fast._C not built")
+    gen = torch.Generator().manual_seed(7)
+    z = torch.randn(9000, 16, generator=gen)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = kcenter_greedy(z, 30, projection_dim=None, backend="kernel")
+        torch.set_num_threads(max(2, threads))
+        many = kcenter_greedy(z, 30, projection_dim=None, backend="kernel")
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, many)
+    torch.library.opcheck(torch.ops.ad_fast.kcenter_greedy.default, (z[:300], 7, 4, None))
+    torch.library.opcheck(torch.ops.ad_fast.kcenter_greedy.default, (z[:300], 7, -1, torch.rand(300, generator=gen)))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not (torch.cuda.is_available() and has_cuda_ops()), reason="needs CUDA and the CUDA kernels")
+@pytest.mark.parametrize("n, d, n_select", [(1, 3, 1), (97, 5, 30), (70_001, 128, 50)])
+def test_cuda_same_indices_as_cpu(n, d, n_select):
+    gen = torch.Generator().manual_seed(8)
+    features = torch.randn(n, d * 2, generator=gen)
+    cpu = kcenter_greedy(features, n_select, projection_dim=d, seed=3, return_radii=True, backend="reference")
+    gpu = kcenter_greedy(features.cuda(), n_select, projection_dim=d, seed=3, return_radii=True, backend="kernel")
+    assert torch.equal(gpu[0].cpu(), cpu[0])
+    torch.testing.assert_close(gpu[1].cpu(), cpu[1], rtol=1e-5, atol=1e-6)
+    init = torch.rand(n, generator=gen)
+    cpu = kcenter_greedy(features, n_select, projection_dim=d, init_distances=init, backend="reference")
+    gpu = kcenter_greedy(features.cuda(), n_select, projection_dim=d, init_distances=init.cuda(), backend="kernel")
+    assert torch.equal(gpu.cpu(), cpu)
