@@ -16,7 +16,7 @@ from ad_fast import MetaUAS, PromptPool
 from ad_fast.models.metauas import weights
 from ad_fast.models.metauas.alignment import FeatureAlignment
 from ad_fast.models.metauas.decoder import SCSE
-from ad_fast.models.metauas.pairs import ChangePairDataset, perlin_mask
+from ad_fast.models.metauas.pairs import ChangePairDataset
 from ad_fast.models.metauas.train import TrainConfig, train
 
 MANIFEST = Path(__file__).resolve().parents[2] / "shared" / "specs" / "metauas_state_dict_keys.tsv"
@@ -357,10 +357,7 @@ def test_bad_inputs_raise_clear_errors(model, images, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------- training
-def test_perlin_masks_and_change_pairs():
-    g = torch.Generator().manual_seed(0)
-    masks = [perlin_mask(64, g) for _ in range(5)]
-    assert all(m.shape == (1, 64, 64) and 0 < float(m.mean()) < 1 for m in masks)
+def test_local_change_pairs():
     images = [torch.rand(3, 40 + i, 50) for i in range(3)]
     data = ChangePairDataset(images, img_size=64, augment=None, seed=1)
     sample = data[0]
@@ -399,3 +396,27 @@ def test_training_loss_falls_on_a_tiny_synthetic_set():
     assert losses[-1] < 0.8 * losses[0]
     assert not torch.equal(before, m.alignment[0].reduction.weight)
     assert all(not p.requires_grad for p in m.encoder.parameters()) and not m.encoder.training
+
+
+def test_registry_fit_builds_a_pool_that_is_saved_and_used(model, images, tmp_path):
+    from ad_fast.data.dataset import AnomalyDataset, Record
+    from ad_fast.data.images import save_image
+    from ad_fast.models import create_model, load_model
+
+    assert isinstance(create_model("metauas", img_size=S), MetaUAS)
+    records = []
+    for i, category in enumerate(["a", "a", "b"]):
+        save_image(tmp_path / f"{i}.png", torch.rand(3, S, S))
+        records.append(Record(tmp_path / f"{i}.png", None, 0, category, "good"))
+    fitted = MetaUAS(img_size=S, k=2)
+    fitted.load_state_dict(model.state_dict())
+    fitted.fit(AnomalyDataset(records, size=S))
+    assert fitted.pool.labels == ["a", "a", "b"]
+    result = fitted.predict(images["query"])
+    assert result.extras["prompt_indices"].shape == (3, 2)
+    fitted.save(tmp_path / "fitted.safetensors")
+    again = load_model(tmp_path / "fitted.safetensors")
+    assert again.pool.labels == ["a", "a", "b"] and again.k == 2
+    assert torch.equal(again.predict(images["query"]).anomaly_map, result.anomaly_map)
+    with pytest.raises(ValueError, match="fit\\(\\) a pool first"):
+        MetaUAS(img_size=S).predict(images["query"])

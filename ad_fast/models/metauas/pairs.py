@@ -2,14 +2,14 @@
 
 Each sample is ``(prompt, query, mask)``: with probability ``object_prob`` (when instance masks are known) an
 object-level change (the instances of another image pasted in: appearance; with roles swapped: disappearance),
-otherwise a local-region change (a DRAEM Perlin-noise mask filled from another image). Roles are assigned at
+otherwise a local-region change (a DRAEM Perlin-noise mask, ``ad_fast.synthesis.perlin_mask``, filled from
+another image). Roles are assigned at
 random, then both views are augmented independently (``augment.py``); the mask is in the query's frame.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Sequence
@@ -19,46 +19,11 @@ import torch
 from torch.utils.data import Dataset
 
 from ...data import load_image
-from .augment import AugmentConfig, augment_pair, warp
+from ...synthesis import perlin_mask
+from .augment import AugmentConfig, augment_pair
 from .preprocess import resize_square
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-
-
-def perlin_noise(size: int, res: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
-    """2-D gradient (Perlin) noise ``[size, size]`` with ``res`` lattice cells per axis (``size % res == 0``)."""
-    angles = 2 * math.pi * torch.rand(res[0] + 1, res[1] + 1, generator=generator)
-    gradients = torch.stack([angles.cos(), angles.sin()], dim=-1)
-    cell = (size // res[0], size // res[1])
-    y = torch.arange(size, dtype=torch.float32) / cell[0]
-    x = torch.arange(size, dtype=torch.float32) / cell[1]
-    yi, xi = y.long().clamp(max=res[0] - 1), x.long().clamp(max=res[1] - 1)
-    fy, fx = (y - yi)[:, None], (x - xi)[None, :]
-
-    def corner(dy: int, dx: int) -> torch.Tensor:
-        g = gradients[yi[:, None] + dy, xi[None, :] + dx]
-        return g[..., 0] * (fy - dy) + g[..., 1] * (fx - dx)
-
-    fade = lambda t: 6 * t**5 - 15 * t**4 + 10 * t**3  # noqa: E731
-    wy, wx = fade(fy), fade(fx)
-    top = corner(0, 0) * (1 - wx) + corner(0, 1) * wx
-    bottom = corner(1, 0) * (1 - wx) + corner(1, 1) * wx
-    return math.sqrt(2) * (top * (1 - wy) + bottom * wy)
-
-
-def perlin_mask(size: int, generator: torch.Generator, threshold: float = 0.5, max_tries: int = 20) -> torch.Tensor:
-    """DRAEM local-change mask ``[1, size, size]``: Perlin noise with 2^a x 2^b cells (a, b in 0..5), rotated by
-    U(-90°, 90°), thresholded; resampled until non-empty (``size`` must be a multiple of 32)."""
-    for _ in range(max_tries):
-        a, b = (int(torch.randint(0, 6, (), generator=generator)) for _ in range(2))
-        noise = perlin_noise(size, (2**a, 2**b), generator).unsqueeze(0)
-        angle = math.radians(float(torch.empty(()).uniform_(-90, 90, generator=generator)))
-        rotation = torch.tensor([[math.cos(angle), -math.sin(angle), 0.0], [math.sin(angle), math.cos(angle), 0.0],
-                                 [0.0, 0.0, 1.0]])
-        mask = (warp(noise, rotation, padding="reflection") > threshold).float()
-        if mask.any():
-            return mask
-    raise RuntimeError("perlin_mask: no non-empty mask after max_tries draws")
 
 
 def _read_instance_masks(path: Path, size: int) -> torch.Tensor:
@@ -171,23 +136,23 @@ class ChangePairDataset(Dataset):
         return empty
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        rng = np.random.default_rng((self.seed, index))
         base = self._image(index)
-        other_index = (index + 1 + int(torch.randint(0, len(self) - 1, (), generator=generator))) % len(self)
+        other_index = (index + 1 + int(rng.integers(0, len(self) - 1))) % len(self)
         other = self._image(other_index)
         instances = self._instances(other_index) if self.object_prob > 0 else None
-        use_object = instances is not None and len(instances) > 0 and float(torch.rand((), generator=generator)) < self.object_prob
+        use_object = instances is not None and len(instances) > 0 and rng.random() < self.object_prob
         if use_object:  # paste a random non-empty subset of the other image's instances
-            keep = torch.rand(len(instances), generator=generator) < 0.5
-            keep[int(torch.randint(0, len(instances), (), generator=generator))] = True
+            keep = torch.from_numpy(rng.random(len(instances)) < 0.5)
+            keep[int(rng.integers(0, len(instances)))] = True
             mask = instances[keep].any(dim=0, keepdim=True).float()
             fill = other
         else:
-            mask = perlin_mask(self.img_size, generator)
-            beta = self.blend_max * float(torch.rand((), generator=generator))
+            mask = perlin_mask((self.img_size, self.img_size), rng)  # DRAEM: 2^(0..5) cells, ±90°, > 0.5
+            beta = self.blend_max * rng.random()
             fill = (1 - beta) * other + beta * base
         changed = base * (1 - mask) + fill * mask
-        prompt, query = (base, changed) if float(torch.rand((), generator=generator)) < 0.5 else (changed, base)
+        prompt, query = (base, changed) if rng.random() < 0.5 else (changed, base)
         if self.augment is not None:
-            prompt, query, mask = augment_pair(prompt, query, mask, self.augment, generator)
+            prompt, query, mask = augment_pair(prompt, query, mask, self.augment, rng)
         return {"prompt": prompt, "query": query, "mask": mask}

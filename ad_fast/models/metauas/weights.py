@@ -204,8 +204,10 @@ def write_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Ten
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        save_file(tensors, str(path), metadata={"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION),
-                                                "config": json.dumps(dict(config))})
+        metadata = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "config": json.dumps(dict(config))}
+        if "method" in config:  # read by ad_fast.models.saved_method
+            metadata["method"] = str(config["method"])
+        save_file(tensors, str(path), metadata=metadata)
     else:
         torch.save({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": dict(config),
                     "state_dict": tensors}, path)
