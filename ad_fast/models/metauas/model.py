@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ...data import ImageInput
