@@ -2,8 +2,9 @@
 
 from . import ops
 from .models.metauas import MetaUAS, PromptPool
+from .models.redi import ReDi
 from .results import AnomalyResult
 
 __version__ = "0.1.0"
 
-__all__ = ["AnomalyResult", "MetaUAS", "PromptPool", "ops", "__version__"]
+__all__ = ["AnomalyResult", "MetaUAS", "PromptPool", "ReDi", "ops", "__version__"]

@@ -11,6 +11,8 @@ from . import reference
 from ._backend import get_backend, set_backend, use_backend
 from .anomaly_map import anomaly_map
 from .blur import gaussian_blur
+from .hog import hog
+from .hog_transform import HOGTransform
 from .kcenter_greedy import kcenter_greedy
 from .knn import knn
 from .memory_bank import MemoryBank
@@ -32,12 +34,14 @@ def backend_info() -> dict[str, object]:
 
 
 __all__ = [
+    "HOGTransform",
     "MemoryBank",
     "anomaly_map",
     "backend_info",
     "gaussian_blur",
     "get_backend",
     "hard_align",
+    "hog",
     "kcenter_greedy",
     "knn",
     "reference",
