@@ -27,6 +27,9 @@ void match_kernel(const at::Tensor& q, const at::Tensor& k_unit, const at::Tenso
   const int64_t B = q.size(0), Nq = q.size(2), Np = k_unit.size(2);
   const int64_t n_qtiles = (Nq + kQueryTile - 1) / kQueryTile;
   at::parallel_for(0, B * n_qtiles, 1, [&](int64_t begin, int64_t end) {
+    // Worker threads do not inherit the caller's dispatch state: keep the tile ops below autograd (inputs may
+    // require grad; out= ops refuse those).
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
     at::Tensor dots_buf = at::empty({kQueryTile * std::min(kPromptTile, Np)}, q.options());
     std::vector<scalar_t> best(kQueryTile);
     std::vector<int64_t> best_at(kQueryTile);

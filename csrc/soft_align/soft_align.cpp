@@ -7,10 +7,11 @@ TORCH_LIBRARY_FRAGMENT(ad_fast, m) {
   // lse[b, i] = logsumexp_p(scale * <q[b, :, i], k[b, :, p]>)                   -> lse [B, Nq] (float32; float64
   // for float64 inputs), saved for the backward.
   m.def("soft_align(Tensor q, Tensor k, Tensor v, float scale) -> (Tensor out, Tensor lse)");
-  // Gradients of out w.r.t. q, k, v, recomputing the attention tile by tile from lse. grad_v has shape [0]
-  // when compute_dv is false.
+  // Gradients w.r.t. q, k, v, recomputing the attention tile by tile from lse (flash-attention-2):
+  // P = exp(scale * q^T k - lse), dS = P * (grad_out^T v - delta). delta [B, Nq] (lse's dtype) is
+  // rowsum(grad_out * out) minus any gradient on lse. grad_v has shape [0] when compute_dv is false.
   m.def(
-      "_soft_align_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, float scale, "
+      "_soft_align_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor lse, Tensor delta, float scale, "
       "bool compute_dv) -> (Tensor grad_q, Tensor grad_k, Tensor grad_v)");
   // For each query position: the highest cosine similarity to a prompt position (norms clamped at 1e-8) and
   // the first prompt position reaching it. max_cos [B, Nq] (float32; float64 for float64), index [B, Nq] int64.

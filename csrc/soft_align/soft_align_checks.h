@@ -32,16 +32,18 @@ inline void check_soft_align_inputs(const at::Tensor& q, const at::Tensor& k, co
 }
 
 inline void check_soft_align_backward_inputs(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
-                                             const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse) {
+                                             const at::Tensor& v, const at::Tensor& lse, const at::Tensor& delta) {
   check_soft_align_inputs(q, k, v);
   const std::vector<int64_t> out_shape{q.size(0), v.size(1), q.size(2)};
-  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef(out_shape), "grad_out must have shape ", out_shape, ", got ", grad_out.sizes());
-  TORCH_CHECK(out.sizes() == at::IntArrayRef(out_shape), "out must have shape ", out_shape, ", got ", out.sizes());
-  TORCH_CHECK(lse.dim() == 2 && lse.size(0) == q.size(0) && lse.size(1) == q.size(2), "lse must have shape [",
-              q.size(0), ", ", q.size(2), "], got ", lse.sizes());
+  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef(out_shape), "grad_out must have shape ", out_shape, ", got ",
+              grad_out.sizes());
+  const std::vector<int64_t> row_shape{q.size(0), q.size(2)};
+  TORCH_CHECK(lse.sizes() == at::IntArrayRef(row_shape), "lse must have shape ", row_shape, ", got ", lse.sizes());
+  TORCH_CHECK(delta.sizes() == at::IntArrayRef(row_shape), "delta must have shape ", row_shape, ", got ",
+              delta.sizes());
   AD_CHECK_DEVICE(grad_out, q.device());
-  AD_CHECK_DEVICE(out, q.device());
   AD_CHECK_DEVICE(lse, q.device());
+  AD_CHECK_DEVICE(delta, q.device());
 }
 
 }  // namespace soft_align

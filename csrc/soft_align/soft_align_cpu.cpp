@@ -87,6 +87,9 @@ void forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
   const int64_t n_qtiles = (Nq + kQueryTile - 1) / kQueryTile;
   const scalar_t s = static_cast<scalar_t>(scale);
   at::parallel_for(0, B * n_qtiles, 1, [&](int64_t begin, int64_t end) {
+    // Worker threads do not inherit the caller's dispatch state: keep the tile ops below autograd (inputs may
+    // require grad; out= ops refuse those).
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
     at::Tensor logits_buf = at::empty({kQueryTile * std::min(kPromptTile, Np)}, q.options());
     at::Tensor acc_buf = at::empty({Cv * kQueryTile}, q.options());
     std::vector<scalar_t> run_max(kQueryTile), run_sum(kQueryTile), rescale(kQueryTile);
@@ -145,6 +148,9 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& q, const at::
   const int64_t n_ptiles = (Np + kPromptTile - 1) / kPromptTile;
   const scalar_t s = static_cast<scalar_t>(scale);
   at::parallel_for(0, B * groups, 1, [&](int64_t begin, int64_t end) {
+    // Worker threads do not inherit the caller's dispatch state: keep the tile ops below autograd (inputs may
+    // require grad; out= ops refuse those).
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
     const int64_t tile_q = std::min(kQueryTile, Nq), tile_p = std::min(kPromptTile, Np);
     at::Tensor prob_buf = at::empty({tile_q * tile_p}, q.options());
     at::Tensor dprob_buf = at::empty({tile_q * tile_p}, q.options());
@@ -207,18 +213,16 @@ std::tuple<at::Tensor, at::Tensor> soft_align_cpu(const at::Tensor& q_in, const 
   return {out.to(q_in.scalar_type()), lse};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_align_backward_cpu(const at::Tensor& grad_out_in,
-                                                                       const at::Tensor& q_in, const at::Tensor& k_in,
-                                                                       const at::Tensor& v_in, const at::Tensor& out_in,
-                                                                       const at::Tensor& lse_in, double scale,
-                                                                       bool compute_dv) {
-  check_soft_align_backward_inputs(grad_out_in, q_in, k_in, v_in, out_in, lse_in);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_align_backward_cpu(
+    const at::Tensor& grad_out_in, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+    const at::Tensor& lse_in, const at::Tensor& delta_in, double scale, bool compute_dv) {
+  check_soft_align_backward_inputs(grad_out_in, q_in, k_in, v_in, lse_in, delta_in);
   AD_CHECK_CPU(q_in);
   const at::ScalarType ct = compute_type(q_in);
   const at::Tensor q = q_in.to(ct).contiguous(), k = k_in.to(ct).contiguous(), v = v_in.to(ct).contiguous();
   const at::Tensor grad_out = grad_out_in.to(ct).contiguous(), lse = lse_in.to(ct).contiguous();
   const int64_t B = q.size(0), Cqk = q.size(1), Nq = q.size(2), Np = k.size(2);
-  const at::Tensor delta = at::sum(grad_out * out_in.to(ct), {1}).contiguous();  // [B, Nq]
+  const at::Tensor delta = delta_in.to(ct).contiguous();
   // Split each batch element's prompt tiles into groups so that B * groups items keep every thread busy.
   const int64_t n_ptiles = (Np + kPromptTile - 1) / kPromptTile;
   const int64_t groups = std::max<int64_t>(1, std::min(n_ptiles, (at::get_num_threads() + B - 1) / std::max<int64_t>(B, 1)));
