@@ -25,9 +25,13 @@ def _validated(
     check_tensor(bank, "bank", ndim=2, dtypes=FLOAT_DTYPES, allow_empty=True)
     check_same_device({"query": query, "bank": bank})
     if bank.dtype != query.dtype and bank.dtype not in BANK_STORAGE_DTYPES:
-        raise TypeError(f"bank: expected dtype {query.dtype} like query (or float16/bfloat16 storage), got {bank.dtype}")
+        raise TypeError(
+            f"bank: expected dtype {query.dtype} like query (or float16/bfloat16 storage), got {bank.dtype}"
+        )
     if query.shape[-1] != bank.shape[1]:
-        raise ValueError(f"bank: expected {query.shape[-1]} columns like query's last dim, got shape {tuple(bank.shape)}")
+        raise ValueError(
+            f"bank: expected {query.shape[-1]} columns like query's last dim, got shape {tuple(bank.shape)}"
+        )
     if query.shape[-1] == 0:
         raise ValueError(f"query: expected a non-empty feature dim, got shape {tuple(query.shape)}")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
