@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ...data import ImageInput
 from ...results import AnomalyResult
+from .. import register_model
 from . import weights
 from .alignment import FeatureAlignment
 from .decoder import DECODER_CHANNELS, UnetDecoder
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .pool import PromptPool
 
 ALIGNED_LEVELS = 3  # F3, F4, F5
+_POOL_PREFIX = "prompt_pool."
 
 
 @dataclass
@@ -48,6 +49,7 @@ class PromptEncoding:
         return PromptEncoding([f.to(device) for f in self.features], self.pooled.to(device))
 
 
+@register_model("metauas")
 class MetaUAS(nn.Module):
     """MetaUAS (Gao, NeurIPS 2024) with the official release's architecture, numerics and checkpoint layout.
 
@@ -57,13 +59,16 @@ class MetaUAS(nn.Module):
         fusion: ``"cat"`` (release), ``"add"`` or ``"absdiff"``.
         padding_version: efficientnet-pytorch padding of block 6, ``"0.6.3"`` (default) or ``"0.7"``.
         threshold: anomaly-map threshold for ``pred_mask``.
+        weights: optional checkpoint to load (official layout or ad_fast's; e.g. ``metauas-256.ckpt``).
+        k: prompts retrieved per query from the pool built by :meth:`fit` (maps averaged).
 
     ``forward(query, prompt)`` takes ``[B, 3, S, S]`` RGB in [0, 1] (ImageNet normalisation happens inside) and
     returns the anomaly map ``[B, 1, S, S]`` in [0, 1], exactly as the release's model.
     """
 
     def __init__(self, img_size: int = 256, alignment: str = "soft", fusion: str = "cat",
-                 padding_version: str = "0.6.3", threshold: float = 0.5):
+                 padding_version: str = "0.6.3", threshold: float = 0.5, weights: str | os.PathLike | None = None,
+                 k: int = 1):
         super().__init__()
         if not isinstance(img_size, int) or img_size < 32 or img_size % 32:
             raise ValueError(f"img_size: expected a positive multiple of 32, got {img_size!r}")
@@ -80,6 +85,12 @@ class MetaUAS(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self._prompt_cache: tuple[str, PromptEncoding] | None = None
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k: expected a positive int, got {k!r}")
+        self.k, self.pool = k, None
+        if weights is not None:
+            self.load_weights(weights)
+        self.eval()
 
     # ----------------------------------------------------------------------------------------------- config / I/O
     @property
@@ -87,7 +98,7 @@ class MetaUAS(nn.Module):
         """JSON-able constructor arguments."""
         return {"img_size": self.img_size, "alignment": self.alignment[0].alignment,
                 "fusion": self.alignment[0].fusion, "padding_version": self.encoder.padding_version,
-                "threshold": self.threshold}
+                "threshold": self.threshold, "k": self.k}
 
     @property
     def device(self) -> torch.device:
@@ -103,9 +114,24 @@ class MetaUAS(nn.Module):
         """This model's weights in the official release's key layout (loadable by the release's code)."""
         return weights.adfast_to_official(self.state_dict())
 
+    def load_weights(self, path: str | os.PathLike) -> "MetaUAS":
+        """Load only the network weights of a checkpoint (official layout or ad_fast's), strictly."""
+        state_dict, _ = weights.read_checkpoint(path)
+        if weights.is_official_layout(state_dict):
+            return self.load_official_state_dict(state_dict)
+        network = {k: v for k, v in state_dict.items() if not k.startswith(_POOL_PREFIX)}
+        weights.load_state_dict_strict(self, network, f"{str(path)!r}")
+        self._prompt_cache = None
+        return self
+
     def save(self, path: str | os.PathLike) -> None:
-        """Save weights + config in ad_fast's format (safetensors for a ``.safetensors`` path, else torch.save)."""
-        weights.write_checkpoint(path, self.state_dict(), self.config)
+        """Save weights + config (and the pool built by :meth:`fit`, if any) in ad_fast's format: safetensors for a
+        ``.safetensors`` path, else torch.save of plain tensors."""
+        tensors, config = dict(self.state_dict()), {**self.config, "method": "metauas"}
+        if self.pool is not None:
+            tensors.update({_POOL_PREFIX + name: t for name, t in self.pool.tensors().items()})
+            config["prompt_pool"] = self.pool.metadata()
+        weights.write_checkpoint(path, tensors, config)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, img_size: int | None = None, **overrides: Any) -> "MetaUAS":
@@ -123,6 +149,8 @@ class MetaUAS(nn.Module):
         """
         state_dict, config = weights.read_checkpoint(path)
         config = dict(config or {})
+        config.pop("method", None)
+        pool_meta = config.pop("prompt_pool", None)
         if img_size is not None:
             config["img_size"] = img_size
         config.update(overrides)
@@ -130,7 +158,13 @@ class MetaUAS(nn.Module):
         if weights.is_official_layout(state_dict):
             model.load_official_state_dict(state_dict)
         else:
-            weights.load_state_dict_strict(model, state_dict, f"{str(path)!r}")
+            network = {k: v for k, v in state_dict.items() if not k.startswith(_POOL_PREFIX)}
+            weights.load_state_dict_strict(model, network, f"{str(path)!r}")
+            if pool_meta is not None:
+                from .pool import PromptPool
+
+                pool_tensors = {k[len(_POOL_PREFIX):]: v for k, v in state_dict.items() if k.startswith(_POOL_PREFIX)}
+                model.pool = PromptPool.from_tensors(pool_tensors, pool_meta)
         return model.eval()
 
     load = from_pretrained
@@ -192,10 +226,26 @@ class MetaUAS(nn.Module):
         self._prompt_cache = None  # weights may change while training
         return super().train(mode)
 
+    def fit(self, dataset: Any, batch_size: int = 16) -> "MetaUAS":
+        """Build the prompt pool (MetaUAS★) from normal images: an ``ad_fast.data.AnomalyDataset`` (its normal images,
+        labelled by category) or any image list. ``predict(images)`` without a prompt then retrieves from it."""
+        from .pool import PromptPool
+
+        records = getattr(dataset, "records", None)
+        if records is not None:
+            normal = [r for r in records if r.label == 0]
+            if not normal:
+                raise ValueError("dataset: no normal images to build the prompt pool from")
+            images, labels = [str(r.image_path) for r in normal], [r.category for r in normal]
+        else:
+            images, labels = dataset, None
+        self.pool = PromptPool.build(self, images, labels, batch_size=batch_size)
+        return self
+
     @torch.inference_mode()
     def predict(self, query: ImageInput | Sequence[ImageInput],
                 prompt: ImageInput | Sequence[ImageInput] | PromptEncoding | None = None, *,
-                pool: "PromptPool | None" = None, k: int = 1, label: str | None = None,
+                pool: "PromptPool | None" = None, k: int | None = None, label: str | None = None,
                 resize_to_input: bool = False) -> AnomalyResult:
         """Segment anomalies of ``query`` images against normal prompt(s).
 
@@ -205,8 +255,9 @@ class MetaUAS(nn.Module):
             prompt: one normal image for all queries, or several (then each query's map is the mean of its maps
                 against every prompt: k-shot), or a :class:`PromptEncoding`. Encoded once and cached.
             pool: a :class:`PromptPool` to retrieve each query's ``k`` most similar prompts from (MetaUAS★), instead
-                of ``prompt``; ``label`` restricts the search to one class.
-            k: number of retrieved prompts whose maps are averaged (with ``pool``).
+                of ``prompt``; ``label`` restricts the search to one class. Without prompt and pool, the pool built
+                by :meth:`fit` is used.
+            k: number of retrieved prompts whose maps are averaged (with a pool; default: the model's ``k``).
             resize_to_input: resize maps back to the queries' original size (all queries must share it).
 
         Returns:
@@ -214,8 +265,12 @@ class MetaUAS(nn.Module):
             maximum, ``pred_mask`` = map >= ``threshold``; with a pool, ``extras["prompt_indices"] [B, k]`` and
             ``extras["prompt_similarity"] [B, k]``.
         """
+        if prompt is None and pool is None:
+            pool = self.pool
         if (prompt is None) == (pool is None):
-            raise ValueError("predict: pass exactly one of prompt (normal image(s)) or pool (a PromptPool)")
+            raise ValueError("predict: pass exactly one of prompt (normal image(s)) or pool (a PromptPool), "
+                             "or fit() a pool first")
+        k = self.k if k is None else k
         queries, sizes = self.prepare(query, "query")
         query_features = self.encode(queries)
         batch, extras = queries.shape[0], {}

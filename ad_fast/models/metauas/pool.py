@@ -94,15 +94,33 @@ class PromptPool:
         distance, position = ops.knn(pooled.to(bank.device, torch.float32), bank, k, metric="cosine")
         return 1.0 - distance, candidates[position]
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The stored tensors by name (``level3..5``, ``pooled``)."""
+        out = {f"level{3 + i}": f.contiguous() for i, f in enumerate(self.encoding.features)}
+        out["pooled"] = self.encoding.pooled.contiguous()
+        return out
+
+    def metadata(self) -> dict[str, str]:
+        """JSON-able description: format, labels, img_size, padding_version (all strings)."""
+        return {"format": POOL_FORMAT, "format_version": str(POOL_FORMAT_VERSION), "labels": json.dumps(self.labels),
+                "img_size": str(self.img_size), "padding_version": self.padding_version}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: dict[str, str], source: str = "prompt pool") -> "PromptPool":
+        """Inverse of :meth:`tensors` + :meth:`metadata` (``ValueError`` on a wrong format or missing tensors)."""
+        if meta.get("format") != POOL_FORMAT or meta.get("format_version") != str(POOL_FORMAT_VERSION):
+            raise ValueError(f"{source}: not a {POOL_FORMAT} version {POOL_FORMAT_VERSION}")
+        missing = [name for name in ("level3", "level4", "level5", "pooled") if name not in tensors]
+        if missing:
+            raise ValueError(f"{source}: missing tensors {missing}")
+        encoding = PromptEncoding([tensors[f"level{level}"] for level in (3, 4, 5)], tensors["pooled"])
+        return cls(encoding, json.loads(meta["labels"]), int(meta["img_size"]), meta["padding_version"])
+
     def save(self, path: str | os.PathLike) -> None:
         """Write the pool as safetensors (features, pooled vectors) with labels and settings in the metadata."""
         from safetensors.torch import save_file
 
-        tensors = {f"level{3 + i}": f.contiguous() for i, f in enumerate(self.encoding.features)}
-        tensors["pooled"] = self.encoding.pooled.contiguous()
-        meta = {"format": POOL_FORMAT, "format_version": str(POOL_FORMAT_VERSION), "labels": json.dumps(self.labels),
-                "img_size": str(self.img_size), "padding_version": self.padding_version}
-        save_file(tensors, str(path), metadata=meta)
+        save_file(self.tensors(), str(path), metadata=self.metadata())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "PromptPool":
@@ -119,7 +137,4 @@ class PromptPool:
             tensors = load_file(str(path))
         except (SafetensorError, OSError, ValueError) as error:
             raise ValueError(f"{str(path)!r} is not a readable prompt pool: {error}") from error
-        if meta.get("format") != POOL_FORMAT or meta.get("format_version") != str(POOL_FORMAT_VERSION):
-            raise ValueError(f"{str(path)!r} is not a {POOL_FORMAT} version {POOL_FORMAT_VERSION} file")
-        encoding = PromptEncoding([tensors[f"level{level}"] for level in (3, 4, 5)], tensors["pooled"])
-        return cls(encoding, json.loads(meta["labels"]), int(meta["img_size"]), meta["padding_version"])
+        return cls.from_tensors(tensors, meta, f"{str(path)!r}")

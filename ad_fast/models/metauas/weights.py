@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import re
-import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -160,7 +158,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         return _read_safetensors(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+    except Exception as error:  # torch.load raises many types on garbage (UnpicklingError, IndexError, ...)
         raise ValueError(f"{str(path)!r} is not a readable PyTorch checkpoint (truncated or corrupt?): {error}") from error
     config = None
     if isinstance(payload, dict) and payload.get("format") == FORMAT_NAME:
@@ -206,8 +204,22 @@ def write_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Ten
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        save_file(tensors, str(path), metadata={"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION),
-                                                "config": json.dumps(dict(config))})
+        metadata = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "config": json.dumps(dict(config))}
+        if "method" in config:  # read by ad_fast.models.saved_method
+            metadata["method"] = str(config["method"])
+        save_file(tensors, str(path), metadata=metadata)
     else:
         torch.save({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": dict(config),
                     "state_dict": tensors}, path)
+
+
+def load_encoder_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
+    """Load ImageNet EfficientNet-B4 weights into ``model.encoder``: a lukemelas ``efficientnet-b4-*.pth``
+    (``_fc`` is dropped) or a timm ``tf_efficientnet_b4`` state_dict (``classifier`` is dropped)."""
+    state_dict, _ = read_checkpoint(path)
+    if "_conv_stem.weight" in state_dict:
+        state_dict = official_to_adfast({f"encoder.{k}": v for k, v in state_dict.items() if not k.startswith("_fc.")})
+        state_dict = {k[len("encoder."):]: v for k, v in state_dict.items()}
+    else:
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("classifier.")}
+    load_state_dict_strict(model.encoder, state_dict, f"encoder weights {str(path)!r}")
