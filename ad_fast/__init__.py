@@ -1,9 +1,29 @@
 """ad_fast: industrial visual anomaly detection (MetaUAS, OneNIP, DMAD, ReDi) on fused C++/CUDA kernels."""
 
-from . import ops
+from . import data, metrics, ops, synthesis
+from .models import create_model, list_models, load_model, register_model
 from .models.dmad import DMAD
+from .models.metauas import MetaUAS, PromptPool
+from .models.onenip import OneNIP
+from .models.redi import ReDi
 from .results import AnomalyResult
 
 __version__ = "0.1.0"
 
-__all__ = ["AnomalyResult", "DMAD", "ops", "__version__"]
+__all__ = [
+    "AnomalyResult",
+    "DMAD",
+    "MetaUAS",
+    "OneNIP",
+    "PromptPool",
+    "ReDi",
+    "__version__",
+    "create_model",
+    "data",
+    "list_models",
+    "load_model",
+    "metrics",
+    "ops",
+    "register_model",
+    "synthesis",
+]

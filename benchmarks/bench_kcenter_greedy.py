@@ -3,22 +3,28 @@
 Full size (the issue's): N=200k rows, D=1536 projected to 128, 1% and 10% picks. The reference loop is timed over
 REF_PICKS picks and its per-pick time recorded, since 20k picks of it take many minutes; the kernel runs the full
 selection. ``AD_FAST_BENCH_FAST=1`` shrinks everything.
-    /work/venv/bin/python -m pytest benchmarks/bench_kcenter_greedy.py --benchmark-columns=min,mean,rounds
+    pytest benchmarks/bench_kcenter_greedy.py --benchmark-only --benchmark-group-by=group \
+        --benchmark-columns=min,mean,rounds
 """
 
 from __future__ import annotations
-
-import os
 
 import pytest
 import torch
 
 from ad_fast.ops import kcenter_greedy
 from ad_fast.ops.kcenter_greedy import kcenter_greedy_reference, random_projection
+from bench_utils import pick, synchronized
 
-FAST = os.environ.get("AD_FAST_BENCH_FAST") == "1"
-N, D, PROJ = (20_000, 64, 32) if FAST else (200_000, 1536, 128)
-REF_PICKS = 10 if FAST else 50
+N, D, PROJ = pick((200_000, 1536, 128), (20_000, 64, 32))
+REF_PICKS = pick(50, 10)
+
+
+def record_per_pick(benchmark, picks: int) -> None:
+    benchmark.extra_info["picks"] = picks
+    stats = getattr(benchmark, "stats", None)  # absent under --benchmark-disable
+    if stats is not None:
+        benchmark.extra_info["ms_per_pick"] = round(stats.stats.min / picks * 1e3, 3)
 
 
 @pytest.fixture(scope="module")
@@ -33,35 +39,32 @@ def projected():
 
 
 @pytest.mark.parametrize("ratio", [0.01, 0.1])
-def test_kcenter_kernel(benchmark, projected, ratio):
+def test_kcenter_kernel(benchmark, projected, ratio, device):
     benchmark.group = f"kcenter-N{N}-ratio{ratio}"
     picks = int(N * ratio)
-    result = benchmark.pedantic(
-        lambda: kcenter_greedy(projected, picks, projection_dim=None, start_index=0, backend="kernel"),
-        rounds=1,
-        iterations=1,
-    )
-    benchmark.extra_info["picks"] = picks
-    benchmark.extra_info["ms_per_pick"] = benchmark.stats.stats.min / picks * 1e3
+    rows = projected.to(device)
+    fn = synchronized(lambda: kcenter_greedy(rows, picks, projection_dim=None, start_index=0, backend="kernel"), device)
+    result = benchmark.pedantic(fn, rounds=1, iterations=1)
+    record_per_pick(benchmark, picks)
     reference = kcenter_greedy_reference(projected, REF_PICKS, projection_dim=None, start_index=0)
-    assert torch.equal(result[:REF_PICKS], reference)
+    assert torch.equal(result[:REF_PICKS].cpu(), reference)
 
 
 def test_kcenter_reference_loop(benchmark, projected):
     benchmark.group = "kcenter-reference-per-pick"
     benchmark.pedantic(
-        lambda: kcenter_greedy_reference(projected, REF_PICKS, projection_dim=None, start_index=0), rounds=1, iterations=1
-    )
-    benchmark.extra_info["picks"] = REF_PICKS
-    benchmark.extra_info["ms_per_pick"] = benchmark.stats.stats.min / REF_PICKS * 1e3
-
-
-def test_kcenter_kernel_per_pick(benchmark, projected):
-    benchmark.group = "kcenter-reference-per-pick"
-    benchmark.pedantic(
-        lambda: kcenter_greedy(projected, REF_PICKS, projection_dim=None, start_index=0, backend="kernel"),
-        rounds=3,
+        lambda: kcenter_greedy_reference(projected, REF_PICKS, projection_dim=None, start_index=0),
+        rounds=1,
         iterations=1,
     )
-    benchmark.extra_info["picks"] = REF_PICKS
-    benchmark.extra_info["ms_per_pick"] = benchmark.stats.stats.min / REF_PICKS * 1e3
+    record_per_pick(benchmark, REF_PICKS)
+
+
+def test_kcenter_kernel_per_pick(benchmark, projected, device):
+    benchmark.group = "kcenter-reference-per-pick"
+    rows = projected.to(device)
+    fn = synchronized(
+        lambda: kcenter_greedy(rows, REF_PICKS, projection_dim=None, start_index=0, backend="kernel"), device
+    )
+    benchmark.pedantic(fn, rounds=3, iterations=1)
+    record_per_pick(benchmark, REF_PICKS)

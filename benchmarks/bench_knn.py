@@ -1,48 +1,32 @@
 """kNN: ad_fast kernel vs the chunked-matmul reference, chunked torch.cdist + topk and faiss-cpu IndexFlatL2.
 
-Full size (the issue's): M=4096 queries, N=100k bank rows, D=1536, k in {1, 9}. ``AD_FAST_BENCH_FAST=1`` shrinks it.
-    /work/venv/bin/python -m pytest benchmarks/bench_knn.py --benchmark-columns=min,mean,rounds
-Extra info per case: peak extra resident memory (MiB) and, for low-precision banks, the recall@k against float32.
+Full size (the issue's): M=4096 queries, N=100k bank rows, D=1536, k in {1, 9}; ``AD_FAST_BENCH_KNN_N`` sets N
+(the full size takes minutes per implementation on a shared 2-core machine), ``AD_FAST_BENCH_FAST=1`` shrinks all.
+    pytest benchmarks/bench_knn.py --benchmark-only --benchmark-group-by=group --benchmark-columns=min,mean,rounds
+Extra info per case: peak extra memory (MiB) and, for low-precision banks, recall@9 against the float32 bank.
 """
 
 from __future__ import annotations
 
 import os
-import re
 
 import pytest
 import torch
 
 from ad_fast.ops import knn
 from ad_fast.ops.knn import knn_reference
+from bench_utils import peak_extra_mib, pick, synchronized
 
-FAST = os.environ.get("AD_FAST_BENCH_FAST") == "1"
-M, N, D = (256, 5000, 128) if FAST else (4096, 100_000, 1536)
-ROUNDS = 1 if FAST else 2
+M, N, D = pick((4096, int(os.environ.get("AD_FAST_BENCH_KNN_N", 100_000)), 1536), (256, 5000, 128))
+ROUNDS = pick(1, 1)
 CDIST_CHUNK = 1024
+_NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 
 @pytest.fixture(scope="module")
 def data():
     gen = torch.Generator().manual_seed(0)
     return torch.randn(M, D, generator=gen), torch.randn(N, D, generator=gen)
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return int(re.search(rf"^{field}:\s+(\d+)", f.read(), re.M).group(1))
-
-
-def peak_extra_mib(fn) -> float | None:
-    """Peak resident memory added while ``fn`` runs (Linux: resets VmHWM through /proc/self/clear_refs)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return None
-    before = _status_kib("VmRSS")
-    fn()
-    return (_status_kib("VmHWM") - before) / 1024
 
 
 def cdist_topk(query: torch.Tensor, bank: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,19 +38,26 @@ def cdist_topk(query: torch.Tensor, bank: torch.Tensor, k: int) -> tuple[torch.T
     return torch.cat(dists), torch.cat(ids)
 
 
-def run(benchmark, fn):
-    benchmark.extra_info["peak_extra_MiB"] = peak_extra_mib(fn)
+def run(benchmark, fn, device: str = "cpu"):
+    fn = synchronized(fn, device)
+    benchmark.extra_info["peak_extra_MiB"] = round(peak_extra_mib(fn, device), 1)
     benchmark.extra_info["shape"] = f"M={M} N={N} D={D}"
     return benchmark.pedantic(fn, rounds=ROUNDS, iterations=1, warmup_rounds=0)
 
 
 @pytest.mark.parametrize("k", [1, 9])
-@pytest.mark.parametrize("impl", ["ad_fast", "reference", "cdist_topk", "faiss_flat_l2"])
+@pytest.mark.parametrize(
+    "impl", ["ad_fast", "reference", "cdist_topk", "faiss_flat_l2", pytest.param("ad_fast_cuda", marks=_NO_CUDA)]
+)
 def test_knn_l2(benchmark, data, impl, k):
     benchmark.group = f"knn-l2-k{k}"
     query, bank = data
+    device = "cuda" if impl.endswith("cuda") else "cpu"
     if impl == "ad_fast":
         fn = lambda: knn(query, bank, k, "l2", backend="kernel")  # noqa: E731
+    elif impl == "ad_fast_cuda":
+        q, b = query.cuda(), bank.cuda()
+        fn = lambda: knn(q, b, k, "l2", backend="kernel")  # noqa: E731
     elif impl == "reference":
         fn = lambda: knn_reference(query, bank, k, "l2")  # noqa: E731
     elif impl == "cdist_topk":
@@ -78,7 +69,7 @@ def test_knn_l2(benchmark, data, impl, k):
         index.add(bank.numpy())
         q = query.numpy()
         fn = lambda: index.search(q, k)  # noqa: E731
-    run(benchmark, fn)
+    run(benchmark, fn, device)
 
 
 @pytest.mark.parametrize("storage", [torch.float16, torch.bfloat16])
@@ -90,5 +81,5 @@ def test_knn_low_precision_bank(benchmark, data, storage):
     result = run(benchmark, lambda: knn(query, low, 9, "l2", backend="kernel"))
     exact = knn(query, bank, 9, "l2", backend="kernel")[1]
     hits = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(result[1], exact))
-    benchmark.extra_info["recall_at_9_vs_float32"] = hits / exact.numel()
+    benchmark.extra_info["recall_at_9_vs_float32"] = round(hits / exact.numel(), 5)
     benchmark.extra_info["bank_MiB"] = low.numel() * low.element_size() / 2**20

@@ -11,9 +11,12 @@ from . import reference
 from ._backend import get_backend, set_backend, use_backend
 from .anomaly_map import anomaly_map
 from .blur import gaussian_blur
+from .hog import hog
+from .hog_transform import HOGTransform
 from .kcenter_greedy import kcenter_greedy
 from .knn import knn
 from .memory_bank import MemoryBank
+from .soft_align import hard_align, soft_align
 
 
 def backend_info() -> dict[str, object]:
@@ -31,14 +34,18 @@ def backend_info() -> dict[str, object]:
 
 
 __all__ = [
+    "HOGTransform",
     "MemoryBank",
     "anomaly_map",
     "backend_info",
     "gaussian_blur",
     "get_backend",
+    "hard_align",
+    "hog",
     "kcenter_greedy",
     "knn",
     "reference",
     "set_backend",
+    "soft_align",
     "use_backend",
 ]

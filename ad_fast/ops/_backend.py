@@ -55,13 +55,30 @@ def use_backend(name: str) -> Iterator[None]:
         set_backend(previous)
 
 
-def kernel_available(device: torch.device) -> bool:
-    """True when a compiled kernel exists for ``device``."""
-    if device.type == "cpu":
-        return has_ops()
-    if device.type == "cuda":
-        return has_cuda_ops()
-    return False
+_DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
+
+
+def _registered_kernels() -> frozenset[tuple[str, str]]:
+    """(op, dispatch key) of every CPU/CUDA kernel the compiled library registered, read once at import
+    (a plain constant, so torch.compile needs no dispatcher query)."""
+    if not has_ops():
+        return frozenset()
+    ops = [name.split("::", 1)[1] for name in torch._C._dispatch_get_all_op_names() if name.startswith("ad_fast::")]
+    return frozenset(
+        (op, key) for op in ops for key in _DISPATCH_KEYS.values()
+        if torch._C._dispatch_has_kernel_for_dispatch_key(f"ad_fast::{op}", key)
+    )
+
+
+_KERNELS = _registered_kernels()
+
+
+def kernel_available(op: str, device: torch.device) -> bool:
+    """True when the compiled library registered a kernel of ``ad_fast::<op>`` for ``device``'s type."""
+    key = _DISPATCH_KEYS.get(device.type)
+    if key is None or not has_ops() or (key == "CUDA" and not has_cuda_ops()):
+        return False
+    return (op, key) in _KERNELS
 
 
 def use_kernel(op: str, device: torch.device, backend: str | None = None) -> bool:
@@ -69,9 +86,9 @@ def use_kernel(op: str, device: torch.device, backend: str | None = None) -> boo
     mode = get_backend() if backend is None else _checked(backend, "backend")
     if mode == "reference":
         return False
-    if kernel_available(device):
+    if kernel_available(op, device):
         return True
-    reason = load_error() or f"no {device.type} kernel was compiled"
+    reason = load_error() or f"no {device.type} kernel of {op} was compiled"
     if mode == "kernel":
         raise RuntimeError(f"ad_fast.ops.{op}: the compiled kernel is not available on {device} ({reason})")
     if op not in _warned:

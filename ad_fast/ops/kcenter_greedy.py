@@ -12,7 +12,8 @@ from ._validate import FLOAT_DTYPES, check_same_device, check_tensor
 def _count(n_rows: int, n_select: int | None, ratio: float | None) -> int:
     """Number of rows to select: ``n_select``, or ``int(n_rows * ratio)`` (truncation, as PatchCore)."""
     if (n_select is None) == (ratio is None):
-        raise ValueError("n_select/ratio: expected exactly one of them, got " + ("both" if n_select is not None else "neither"))
+        got = "both" if n_select is not None else "neither"
+        raise ValueError(f"n_select/ratio: expected exactly one of them, got {got}")
     if n_select is not None:
         if isinstance(n_select, bool) or not isinstance(n_select, int) or n_select < 0:
             raise ValueError(f"n_select: expected a non-negative int, got {n_select!r}")
@@ -41,7 +42,9 @@ def _project(
     if projection is not None:
         check_tensor(projection, "projection", ndim=2, dtypes=FLOAT_DTYPES)
         if projection.shape[0] != dim:
-            raise ValueError(f"projection: expected {dim} rows like features' columns, got shape {tuple(projection.shape)}")
+            raise ValueError(
+                f"projection: expected {dim} rows like features' columns, got shape {tuple(projection.shape)}"
+            )
         weight = projection.to(features.device, torch.float32)
     elif projection_dim is None or projection_dim >= dim:
         return features.to(torch.float32).contiguous()
@@ -62,12 +65,15 @@ def _validated(
     if features.shape[1] == 0:
         raise ValueError(f"features: expected at least one column, got shape {tuple(features.shape)}")
     count = _count(features.shape[0], n_select, ratio)
-    if projection_dim is not None and (isinstance(projection_dim, bool) or not isinstance(projection_dim, int) or projection_dim < 1):
+    if projection_dim is not None and (
+        isinstance(projection_dim, bool) or not isinstance(projection_dim, int) or projection_dim < 1
+    ):
         raise ValueError(f"projection_dim: expected None or a positive int, got {projection_dim!r}")
     if start_index is not None:
         if init_distances is not None:
             raise ValueError("start_index: cannot be combined with init_distances")
-        if isinstance(start_index, bool) or not isinstance(start_index, int) or not 0 <= start_index < features.shape[0]:
+        n_rows = features.shape[0]
+        if isinstance(start_index, bool) or not isinstance(start_index, int) or not 0 <= start_index < n_rows:
             raise ValueError(f"start_index: expected an int in [0, {features.shape[0]}), got {start_index!r}")
     if init_distances is not None:
         check_tensor(init_distances, "init_distances", ndim=1, dtypes=FLOAT_DTYPES, allow_empty=True, finite=True)

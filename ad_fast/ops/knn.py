@@ -25,9 +25,13 @@ def _validated(
     check_tensor(bank, "bank", ndim=2, dtypes=FLOAT_DTYPES, allow_empty=True)
     check_same_device({"query": query, "bank": bank})
     if bank.dtype != query.dtype and bank.dtype not in BANK_STORAGE_DTYPES:
-        raise TypeError(f"bank: expected dtype {query.dtype} like query (or float16/bfloat16 storage), got {bank.dtype}")
+        raise TypeError(
+            f"bank: expected dtype {query.dtype} like query (or float16/bfloat16 storage), got {bank.dtype}"
+        )
     if query.shape[-1] != bank.shape[1]:
-        raise ValueError(f"bank: expected {query.shape[-1]} columns like query's last dim, got shape {tuple(bank.shape)}")
+        raise ValueError(
+            f"bank: expected {query.shape[-1]} columns like query's last dim, got shape {tuple(bank.shape)}"
+        )
     if query.shape[-1] == 0:
         raise ValueError(f"query: expected a non-empty feature dim, got shape {tuple(query.shape)}")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -130,16 +134,19 @@ def knn(
     ``1 - <q, b> / (max(||q||, 1e-12) max(||b||, 1e-12))``, ``"ip"`` ``<q, b>`` (a similarity: largest first).
     Results are sorted ascending (descending for ``"ip"``), ties broken by the lower bank index.
 
-    Memory: never the full ``M x N`` matrix. The CPU kernel holds, per thread, one tile of at most
-    256 x 512 float32 products plus the top-(k+8) candidates of its queries (under 1 MiB + 96 B per query
-    row per thread, whatever N); a float16/bfloat16 bank adds one 512-row float32 tile per thread. The
-    final k candidates are re-scored exactly (float64 accumulation), so distances are accurate to float32
-    rounding, not to the ``||q||^2 + ||b||^2 - 2 q.b`` cancellation.
+    Memory: never the full ``M x N`` matrix, whatever N. The CPU kernel holds per thread one 256 x 512 tile
+    of products (512 KiB in float32; plus a 512 x D float32 tile for a float16/bfloat16 bank) and, per query
+    and bank split (splits = 1 unless there are fewer query blocks than ~2 x threads), ``k + 8`` candidates
+    (12 B each). The CUDA kernel keeps the same candidate lists (splits <= 64, chosen to fill the GPU) plus
+    ``2 N`` floats of per-row coefficients. The ``k + 8`` best candidates of the tiled pass are re-scored
+    exactly (float64 accumulation), so distances carry float32 rounding only, not the
+    ``||q||^2 + ||b||^2 - 2 q.b`` cancellation, and exact duplicates keep the lower index.
 
     Args:
-        query (Tensor[M, D] or Tensor[B, M, D]): query rows (float32/float64 on CPU; float32/float16/bfloat16
-            on CUDA).
-        bank (Tensor[N, D]): bank rows, the query's dtype or float16/bfloat16 storage (computed in float32).
+        query (Tensor[M, D] or Tensor[B, M, D]): query rows, any float dtype (float16/bfloat16 computed in
+            float32 on CPU; float64 on CUDA runs the reference).
+        bank (Tensor[N, D]): bank rows, the query's dtype or float16/bfloat16 storage (products accumulated in
+            float32; on CUDA the query is cast to the bank's dtype).
         k (int): neighbours per query, ``1 <= k <= N``.
         metric ("l2" | "sqeuclidean" | "cosine" | "ip"): see above.
         bank_sq_norms (Tensor[N] float32, optional): precomputed ``||b||^2`` (see :class:`MemoryBank`).
@@ -156,8 +163,13 @@ def knn(
     if not use_kernel("knn", query.device, backend):
         return knn_reference(query, bank, k, metric, bank_sq_norms=bank_sq_norms)
     flat = query.reshape(-1, query.shape[-1])
-    if flat.device.type == "cpu" and flat.dtype in BANK_STORAGE_DTYPES:  # the CPU kernel computes in float32
-        flat = flat.to(torch.float32)
+    if flat.device.type == "cpu":
+        if flat.dtype in BANK_STORAGE_DTYPES:  # the CPU kernel computes in float32
+            flat = flat.to(torch.float32)
+    elif torch.float64 in (flat.dtype, bank.dtype):  # no float64 CUDA kernel: exact float64 reference instead
+        return knn_reference(query, bank, k, metric, bank_sq_norms=bank_sq_norms)
+    elif bank.dtype != flat.dtype:  # the CUDA kernel reads both in the bank's (storage) dtype
+        flat = flat.to(bank.dtype)
     dist, idx = torch.ops.ad_fast.knn(flat, bank, k, metric, bank_sq_norms)
     out_shape = (*query.shape[:-1], k)
     return dist.to(query.dtype).reshape(out_shape), idx.reshape(out_shape)

@@ -27,7 +27,9 @@ class MemoryBank:
         bank.save("bank.safetensors"); bank = MemoryBank.load("bank.safetensors")
     """
 
-    def __init__(self, dim: int, dtype: torch.dtype = torch.float32, metric: str = "l2", device: torch.device | str = "cpu"):
+    def __init__(
+        self, dim: int, dtype: torch.dtype = torch.float32, metric: str = "l2", device: torch.device | str = "cpu"
+    ):
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             raise ValueError(f"dim: expected a positive int, got {dim!r}")
         if dtype not in _STORAGE_DTYPES:
@@ -42,7 +44,10 @@ class MemoryBank:
         return self.rows.shape[0]
 
     def __repr__(self) -> str:
-        return f"MemoryBank(rows={len(self)}, dim={self.dim}, dtype={self.dtype}, metric={self.metric!r}, device={self.device})"
+        return (
+            f"MemoryBank(rows={len(self)}, dim={self.dim}, dtype={self.dtype}, metric={self.metric!r}, "
+            f"device={self.device})"
+        )
 
     @property
     def device(self) -> torch.device:
@@ -81,7 +86,12 @@ class MemoryBank:
         """Write rows and norms to a safetensors file, with the format version and config as metadata."""
         from safetensors.torch import save_file
 
-        config = {"format_version": FORMAT_VERSION, "dim": self.dim, "dtype": str(self.dtype).replace("torch.", ""), "metric": self.metric}
+        config = {
+            "format_version": FORMAT_VERSION,
+            "dim": self.dim,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "metric": self.metric,
+        }
         tensors = {"rows": self.rows.detach().cpu().contiguous(), "sq_norms": self.sq_norms.detach().cpu().contiguous()}
         save_file(tensors, os.fspath(path), metadata={"ad_fast.memory_bank": json.dumps(config)})
 
@@ -103,9 +113,16 @@ class MemoryBank:
             raise ValueError(f"path: {path!r} is not an ad_fast MemoryBank file")
         config = json.loads(meta["ad_fast.memory_bank"])
         if config.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"path: unsupported MemoryBank format version {config.get('format_version')!r} (expected {FORMAT_VERSION})")
+            version = config.get("format_version")
+            raise ValueError(f"path: unsupported MemoryBank format version {version!r} (expected {FORMAT_VERSION})")
         rows, sq_norms = tensors["rows"], tensors["sq_norms"]
-        if rows.dim() != 2 or rows.shape[1] != config["dim"] or sq_norms.shape != (rows.shape[0],) or rows.dtype != _DTYPE_NAMES.get(config["dtype"]):
+        consistent = (
+            rows.dim() == 2
+            and rows.shape[1] == config["dim"]
+            and sq_norms.shape == (rows.shape[0],)
+            and rows.dtype == _DTYPE_NAMES.get(config["dtype"])
+        )
+        if not consistent:
             raise ValueError(f"path: {path!r} holds tensors inconsistent with its MemoryBank config {config}")
         bank = cls(config["dim"], rows.dtype, config["metric"], device)
         bank.rows, bank.sq_norms = rows.to(device), sq_norms.to(device, torch.float32)

@@ -5,7 +5,10 @@ routes every model through them.
 """
 
 from .anomaly_map import anomaly_map_reference as anomaly_map
+from .hog import hog_reference as hog
 from .kcenter_greedy import kcenter_greedy_reference as kcenter_greedy
 from .knn import knn_reference as knn
+from .soft_align import hard_align_reference as hard_align
+from .soft_align import soft_align_reference as soft_align
 
-__all__ = ["anomaly_map", "kcenter_greedy", "knn"]
+__all__ = ["anomaly_map", "hard_align", "hog", "kcenter_greedy", "knn", "soft_align"]

@@ -225,3 +225,13 @@ def test_cuda_channels_last_and_poisoned_output():
     out = anomaly_map(a, b, (64, 64), blur_sigma=2.0, backend="kernel")
     assert torch.isfinite(out).all()
     assert rel_err(out, reference.anomaly_map([t.cpu() for t in a], [t.cpu() for t in b], (64, 64), blur_sigma=2.0)) < 1e-5
+
+
+def test_kernel_availability_is_per_op_and_device():
+    from ad_fast.ops._backend import kernel_available
+
+    assert kernel_available("anomaly_map", torch.device("cpu"))
+    assert not kernel_available("no_such_op", torch.device("cpu"))
+    assert not kernel_available("anomaly_map", torch.device("meta"))
+    with pytest.raises(RuntimeError, match="no_such_op"):
+        ad_fast.ops._backend.use_kernel("no_such_op", torch.device("cpu"), "kernel")

@@ -31,7 +31,9 @@ def oracle(z: torch.Tensor, n_select: int, first: int | None, init: torch.Tensor
 def test_matches_oracle_without_projection(n, d, n_select, backend):
     gen = torch.Generator().manual_seed(n + d)
     features = torch.randn(n, d, generator=gen)
-    idx, radii = kcenter_greedy(features, n_select, projection_dim=None, start_index=n // 2, return_radii=True, backend=backend)
+    idx, radii = kcenter_greedy(
+        features, n_select, projection_dim=None, start_index=n // 2, return_radii=True, backend=backend
+    )
     idx_ref, radii_ref = oracle(features, n_select, n // 2)
     assert idx.dtype == torch.long and radii.dtype == torch.float32
     assert torch.equal(idx, idx_ref)
@@ -48,7 +50,8 @@ def test_projection_matches_oracle_on_projected_rows(backend):
     idx_ref, radii_ref = oracle(projected, 60, first)
     assert torch.equal(idx, idx_ref)
     torch.testing.assert_close(radii.double(), radii_ref, rtol=1e-5, atol=1e-6)
-    explicit = kcenter_greedy(features, 60, projection=random_projection(300, 16, seed=7), start_index=first, backend=backend)
+    weight = random_projection(300, 16, seed=7)
+    explicit = kcenter_greedy(features, 60, projection=weight, start_index=first, backend=backend)
     assert torch.equal(explicit, idx)
 
 
@@ -73,7 +76,9 @@ def test_init_distances(backend):
     gen = torch.Generator().manual_seed(4)
     features = torch.randn(500, 8, generator=gen)
     init = torch.rand(500, generator=gen) * 3
-    idx, radii = kcenter_greedy(features, 20, projection_dim=None, init_distances=init, return_radii=True, backend=backend)
+    idx, radii = kcenter_greedy(
+        features, 20, projection_dim=None, init_distances=init, return_radii=True, backend=backend
+    )
     idx_ref, radii_ref = oracle(features, 20, None, init)
     assert int(idx[0]) == int(init.argmax())
     assert torch.equal(idx, idx_ref)

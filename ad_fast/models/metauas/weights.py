@@ -1,0 +1,225 @@
+"""Checkpoint I/O for MetaUAS: the official key layout (lukemelas/smp names) and ad_fast's own format.
+
+Key mapping, official → ad_fast (everything else is identical, e.g. ``decoder.*`` and ``mask_head.*``):
+
+====================================================================  ==========================================
+official (efficientnet-pytorch + smp fork)                            ad_fast (timm ``tf_efficientnet_b4``)
+====================================================================  ==========================================
+``encoder._conv_stem`` / ``_bn0`` / ``_conv_head`` / ``_bn1``          ``encoder.conv_stem`` / ``bn1`` / ``conv_head`` / ``bn2``
+``encoder._blocks.{n}`` (n = 0..31, global index)                     ``encoder.blocks.{stage}.{i}`` (stages of 2,4,4,6,6,8,2 blocks)
+block n in 0..1: ``_depthwise_conv, _bn1, _se_reduce, _se_expand,``   ``conv_dw, bn1, se.conv_reduce, se.conv_expand,``
+``_project_conv, _bn2``                                               ``conv_pw, bn2``
+block n >= 2: ``_expand_conv, _bn0, _depthwise_conv, _bn1,``          ``conv_pw, bn1, conv_dw, bn2,``
+``_se_reduce, _se_expand, _project_conv, _bn2``                       ``se.conv_reduce, se.conv_expand, conv_pwl, bn3``
+``alignment.{i}.alignment_layer.dimensionality_reduction``            ``alignment.{i}.reduction`` (i = 0: F5, 1: F4, 2: F3)
+====================================================================  ==========================================
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from .encoder import STAGE_DEPTHS
+
+FORMAT_NAME = "ad_fast.MetaUAS"
+FORMAT_VERSION = 1
+
+_TOP_LEVEL = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2"}
+_DEPTHWISE_SEPARABLE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_se_reduce": "se.conv_reduce",
+                        "_se_expand": "se.conv_expand", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_INVERTED_RESIDUAL = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+                      "_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand", "_project_conv": "conv_pwl",
+                      "_bn2": "bn3"}
+_BLOCK_POSITION = [(stage, i) for stage, depth in enumerate(STAGE_DEPTHS) for i in range(depth)]
+_BLOCK_INDEX = {position: n for n, position in enumerate(_BLOCK_POSITION)}
+_OFFICIAL_ALIGN = "alignment_layer.dimensionality_reduction"
+
+
+def _invert(table: Mapping[str, str]) -> dict[str, str]:
+    return {value: key for key, value in table.items()}
+
+
+def official_to_adfast_key(key: str) -> str:
+    """Rename one official MetaUAS state_dict key to ad_fast's layout (unknown names raise ``KeyError``)."""
+    match = re.fullmatch(r"encoder\._blocks\.(\d+)\.(\w+)\.(\w+)", key)
+    if match:
+        n, module, param = int(match.group(1)), match.group(2), match.group(3)
+        if n >= len(_BLOCK_POSITION):
+            raise KeyError(key)
+        stage, i = _BLOCK_POSITION[n]
+        table = _DEPTHWISE_SEPARABLE if stage == 0 else _INVERTED_RESIDUAL
+        if module not in table:
+            raise KeyError(key)
+        return f"encoder.blocks.{stage}.{i}.{table[module]}.{param}"
+    match = re.fullmatch(r"encoder\.(_\w+?)\.(\w+)", key)
+    if match:
+        if match.group(1) not in _TOP_LEVEL:
+            raise KeyError(key)
+        return f"encoder.{_TOP_LEVEL[match.group(1)]}.{match.group(2)}"
+    if key.startswith("alignment.") and _OFFICIAL_ALIGN in key:
+        return key.replace(_OFFICIAL_ALIGN, "reduction")
+    if key.startswith(("decoder.", "mask_head.")):
+        return key
+    raise KeyError(key)
+
+
+def adfast_to_official_key(key: str) -> str:
+    """Inverse of :func:`official_to_adfast_key`."""
+    match = re.fullmatch(r"encoder\.blocks\.(\d+)\.(\d+)\.(\w+(?:\.conv_\w+)?)\.(\w+)", key)
+    if match:
+        stage, i, module, param = int(match.group(1)), int(match.group(2)), match.group(3), match.group(4)
+        table = _invert(_DEPTHWISE_SEPARABLE if stage == 0 else _INVERTED_RESIDUAL)
+        if (stage, i) not in _BLOCK_INDEX or module not in table:
+            raise KeyError(key)
+        return f"encoder._blocks.{_BLOCK_INDEX[(stage, i)]}.{table[module]}.{param}"
+    match = re.fullmatch(r"encoder\.(\w+?)\.(\w+)", key)
+    if match:
+        table = _invert(_TOP_LEVEL)
+        if match.group(1) not in table:
+            raise KeyError(key)
+        return f"encoder.{table[match.group(1)]}.{match.group(2)}"
+    if key.startswith("alignment.") and ".reduction." in key:
+        return key.replace(".reduction.", f".{_OFFICIAL_ALIGN}.")
+    if key.startswith(("decoder.", "mask_head.")):
+        return key
+    raise KeyError(key)
+
+
+def _rename(state_dict: Mapping[str, torch.Tensor], rename, source: str) -> dict[str, torch.Tensor]:
+    renamed, unknown = {}, []
+    for key, value in state_dict.items():
+        try:
+            renamed[rename(key)] = value
+        except KeyError:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(f"{source}: {len(unknown)} unexpected key(s) for MetaUAS, e.g. {unknown[:5]}")
+    return renamed
+
+
+def official_to_adfast(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a whole official state_dict (``ValueError`` listing keys that have no ad_fast counterpart)."""
+    return _rename(state_dict, official_to_adfast_key, "official state_dict")
+
+
+def adfast_to_official(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename an ad_fast MetaUAS state_dict to the official release's key layout."""
+    return _rename(state_dict, adfast_to_official_key, "ad_fast state_dict")
+
+
+def is_official_layout(state_dict: Mapping[str, Any]) -> bool:
+    """Whether the keys look like the official release (``encoder._conv_stem.weight`` present)."""
+    return "encoder._conv_stem.weight" in state_dict
+
+
+def load_state_dict_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """``module.load_state_dict(strict=True)`` with one clear ``ValueError`` naming missing/unexpected/misshaped keys."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    misshaped = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
+                 for k in expected if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s), e.g. {missing[:5]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:5]}")
+    if misshaped:
+        problems.append(f"{len(misshaped)} shape mismatch(es), e.g. {misshaped[:3]}")
+    if problems:
+        raise ValueError(f"{source}: checkpoint does not match the model: " + "; ".join(problems))
+    module.load_state_dict(state_dict, strict=True)
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """Read a checkpoint file → (tensors, ad_fast config or ``None`` for a plain/official state_dict).
+
+    Accepts safetensors files and ``torch.save`` files (read with ``weights_only=True``): a plain state_dict,
+    a ``{"state_dict": ...}`` wrapper, or ad_fast's own ``{"format": ..., "config": ..., "state_dict": ...}``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is truncated, corrupt, or holds no tensor state_dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {str(path)!r}")
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if len(head) < 8:
+        raise ValueError(f"{str(path)!r} is not a checkpoint: file is empty or truncated ({path.stat().st_size} bytes)")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch.load raises many types on garbage (UnpicklingError, IndexError, ...)
+        raise ValueError(f"{str(path)!r} is not a readable PyTorch checkpoint (truncated or corrupt?): {error}") from error
+    config = None
+    if isinstance(payload, dict) and payload.get("format") == FORMAT_NAME:
+        _check_version(payload.get("format_version"), path)
+        config = dict(payload.get("config") or {})
+        payload = payload.get("state_dict")
+    elif isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
+        payload = payload["state_dict"]
+    if not isinstance(payload, dict) or not payload or not all(isinstance(v, torch.Tensor) for v in payload.values()):
+        raise ValueError(f"{str(path)!r} does not hold a state_dict of tensors")
+    return dict(payload), config
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ValueError(f"{str(path)!r} is not a readable safetensors checkpoint: {error}") from error
+    config = None
+    if metadata.get("format") == FORMAT_NAME:
+        _check_version(int(metadata.get("format_version", -1)), path)
+        config = json.loads(metadata.get("config", "{}"))
+    if not tensors:
+        raise ValueError(f"{str(path)!r} holds no tensors")
+    return tensors, config
+
+
+def _check_version(version: Any, path: Path) -> None:
+    if version != FORMAT_VERSION:
+        raise ValueError(f"{str(path)!r}: unsupported {FORMAT_NAME} format version {version!r} "
+                         f"(this ad_fast reads version {FORMAT_VERSION})")
+
+
+def write_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> None:
+    """Write ad_fast's format: safetensors (``.safetensors`` suffix) or ``torch.save`` of plain tensors + config."""
+    path = Path(path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        metadata = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "config": json.dumps(dict(config))}
+        if "method" in config:  # read by ad_fast.models.saved_method
+            metadata["method"] = str(config["method"])
+        save_file(tensors, str(path), metadata=metadata)
+    else:
+        torch.save({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": dict(config),
+                    "state_dict": tensors}, path)
+
+
+def load_encoder_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
+    """Load ImageNet EfficientNet-B4 weights into ``model.encoder``: a lukemelas ``efficientnet-b4-*.pth``
+    (``_fc`` is dropped) or a timm ``tf_efficientnet_b4`` state_dict (``classifier`` is dropped)."""
+    state_dict, _ = read_checkpoint(path)
+    if "_conv_stem.weight" in state_dict:
+        state_dict = official_to_adfast({f"encoder.{k}": v for k, v in state_dict.items() if not k.startswith("_fc.")})
+        state_dict = {k[len("encoder."):]: v for k, v in state_dict.items()}
+    else:
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("classifier.")}
+    load_state_dict_strict(model.encoder, state_dict, f"encoder weights {str(path)!r}")

@@ -1,0 +1,89 @@
+"""The frozen ImageNet backbone ReDi uses three ways: prompt features, F_X and R_Y (spec §2.3, §2.5)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..._timm_compat import import_timm
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def load_state_dict_file(path: str | os.PathLike, name: str) -> dict[str, torch.Tensor]:
+    """Plain tensors from a ``.safetensors`` file or a ``torch.save`` file (read with ``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{name}: weights file not found: {str(path)!r}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # corrupt or foreign file
+        raise ValueError(f"{name}: cannot read weights from {str(path)!r}: {error}") from error
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{name}: {str(path)!r} does not hold a state dict of tensors")
+    return state
+
+
+class FrozenBackbone(nn.Module):
+    """A timm ResNet-family network (``wide_resnet50_2`` by default), frozen and always in eval mode.
+
+    Inputs are RGB images Tensor[B, 3, H, W] in [0, 1]; ImageNet normalisation happens inside.
+    ``weights`` is a local torchvision/timm state-dict file (``fc.*`` keys are ignored); without it the
+    network keeps its random initialisation (no download ever happens).
+    """
+
+    def __init__(self, name: str = "wide_resnet50_2", weights: str | os.PathLike | None = None) -> None:
+        super().__init__()
+        timm = import_timm()
+        self.net = timm.create_model(name, pretrained=False, num_classes=0)
+        for attr in ("conv1", "bn1", "act1", "maxpool", "layer1", "layer2", "layer3", "layer4"):
+            if not hasattr(self.net, attr):
+                raise ValueError(f"backbone: {name!r} is not a ResNet-family timm model (no {attr!r})")
+        if weights is not None:
+            state = {k: v for k, v in load_state_dict_file(weights, "backbone_weights").items() if not k.startswith("fc.")}
+            try:
+                missing, unexpected = self.net.load_state_dict(state, strict=False)
+            except RuntimeError as error:  # shape mismatches
+                raise ValueError(f"backbone_weights: tensors do not fit {name!r}: {error}") from error
+            if missing or unexpected:
+                raise ValueError(f"backbone_weights: keys do not match {name!r}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        self.net.requires_grad_(False)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.channels: tuple[int, int, int] = tuple(int(info["num_chs"]) for info in self.net.feature_info[1:4])
+        self.eval()
+
+    def train(self, mode: bool = True) -> "FrozenBackbone":
+        return super().train(False)
+
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        net = self.net
+        x = (x - self.mean) / self.std
+        return net.maxpool(net.act1(net.bn1(net.conv1(x))))
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """layer1..layer3 outputs: [B, c1, H/4, W/4], [B, c2, H/8, W/8], [B, c3, H/16, W/16]."""
+        x = self._stem(x)
+        feats = []
+        for layer in (self.net.layer1, self.net.layer2, self.net.layer3):
+            x = layer(x)
+            feats.append(x)
+        return feats
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """Global-average-pooled layer4 output Tensor[B, c4] (2048-d for WideResNet-50): the prompt feature."""
+        x = self._stem(x)
+        for layer in (self.net.layer1, self.net.layer2, self.net.layer3, self.net.layer4):
+            x = layer(x)
+        return x.mean(dim=(2, 3))

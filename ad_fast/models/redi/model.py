@@ -1,0 +1,327 @@
+"""ReDi (Xing et al., "A Recover-then-Discriminate Framework for Robust Anomaly Detection", SCIS 2024).
+
+Pipeline (spec redi.md §2, §4) for an image X resized to ``img_size``:
+HOG map H = HOG(X); prompt X⁺ = nearest normal training image (cosine of pooled backbone features);
+Y = HIP(H, X⁺); F_X = backbone(X), F_Y = FRB(MFF(backbone(Y))); map = Σ_levels up(1 − cos(F_X, F_Y)),
+optional Gaussian blur, score = max. One model per category by default; :meth:`ReDi.fit_categories`
+also trains one unified model over all categories.
+
+Deviations from RD's evaluation code (spec §9.3), inherited from the shared ``ad_fast.ops.anomaly_map``:
+bilinear upsampling with align_corners=False (RD: True) and a reflect-101 blur border (SciPy: symmetric).
+Training images are stored as uint8 at ``img_size`` (they double as the prompt bank saved with the model).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ...data import ImageInput, resize_image, to_image_batch
+from ...ops import HOGTransform, anomaly_map
+from ...results import AnomalyResult
+from .. import register_model
+from .backbone import FrozenBackbone
+from .config import ReDiConfig
+from .discriminate import DiscriminateStudent
+from .losses import discrimination_loss, recovery_loss
+from .prompt import retrieve_prompts
+from .recover import RecoverNetwork
+from .training import run_stage
+from .weights import load_model_file, save_model_file
+
+_FEATURE_CHUNK = 16
+
+
+def _normal_images(data) -> list[torch.Tensor]:
+    """The normal images of an :class:`ad_fast.data.AnomalyDataset` (label 0) as tensors [3, H, W]."""
+    normal = data.subset(label=0)
+    return [normal[i].image for i in range(len(normal))]
+
+
+@register_model("redi")
+class ReDi(nn.Module):
+    """Recover-then-discriminate anomaly detector.
+
+    Args:
+        img_size: square working resolution (multiple of 32); 256 in the paper.
+        backbone_weights: local state-dict file for the frozen backbone (torchvision/timm keys); without it the
+            backbone keeps a seeded random initialisation (nothing is ever downloaded).
+        config: a full :class:`ReDiConfig` instead of ``img_size`` + ``options``.
+        **options: any other :class:`ReDiConfig` field (e.g. ``stage1_epochs=10``, ``backbone="resnet18"``).
+
+    Example::
+
+        model = ReDi(img_size=256, backbone_weights="wide_resnet50_2.pth")
+        model.fit(train_images, checkpoint_dir="runs/bottle")     # both stages, resumable
+        result = model.predict(test_images)                         # AnomalyResult
+        model.save("redi_bottle.safetensors"); ReDi.from_pretrained("redi_bottle.safetensors")
+    """
+
+    def __init__(
+        self,
+        img_size: int = 256,
+        backbone_weights: str | os.PathLike | None = None,
+        config: ReDiConfig | None = None,
+        **options,
+    ) -> None:
+        super().__init__()
+        if config is None:
+            config = ReDiConfig(img_size=img_size, **options)
+        elif options:
+            raise ValueError(f"options: give either config or keyword options, not both (got {sorted(options)})")
+        elif not isinstance(config, ReDiConfig):
+            raise TypeError(f"config: expected a ReDiConfig, got {type(config).__name__}")
+        self.config = config
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self.backbone = FrozenBackbone(config.backbone, backbone_weights)
+            self.recover = RecoverNetwork(config.hog_channels, config.hip_width)
+            self.student = DiscriminateStudent(self.backbone.channels, config.student_width_factor)
+        self.hog_transform = HOGTransform(
+            orientations=config.hog_orientations,
+            pixels_per_cell=(config.hog_cell, config.hog_cell),
+            colour=config.hog_colour,
+            scale=config.hog_scale,
+            value_range=(-1.0, 1.0),
+            out_channels=config.hog_channels,
+        )
+        size = config.img_size
+        self.register_buffer("prompt_images", torch.zeros(0, 3, size, size, dtype=torch.uint8))
+        self.register_buffer("prompt_features", torch.zeros(0, self.backbone.net.num_features))
+        self.trained_stages: list[int] = []
+
+    # ----------------------------------------------------------------- building blocks
+
+    @property
+    def device(self) -> torch.device:
+        return self.prompt_features.device
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters per part; ``"trainable"`` = recover + aggregation + FRB (the paper's 106.4 M)."""
+        count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+        counts = {
+            "recover": count(self.recover),
+            "aggregation": count(self.student.aggregate),
+            "frb": count(self.student.decoder),
+            "backbone": count(self.backbone),
+        }
+        counts["trainable"] = counts["recover"] + counts["aggregation"] + counts["frb"]
+        counts["total"] = counts["trainable"] + counts["backbone"]
+        return counts
+
+    def preprocess(self, images: ImageInput | Sequence[ImageInput]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """Images (anything :func:`ad_fast.data.to_image_batch` takes) → Tensor[B, 3, S, S] in [0, 1] and the input sizes."""
+        tensors, sizes = to_image_batch(images)
+        resized = [resize_image(t, self.config.img_size) for t in tensors]
+        return torch.stack(resized).clamp_(0.0, 1.0), sizes
+
+    def hog_map(self, x: torch.Tensor) -> torch.Tensor:
+        """HOG image of Tensor[B, 3, S, S] in [0, 1] → Tensor[B, hog_channels, S, S] in [-1, 1]."""
+        return self.hog_transform(x)
+
+    def prompt_feature(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone feature Tensor[B, D] of images in [0, 1] (chunked, no grad)."""
+        with torch.no_grad():
+            return torch.cat([self.backbone.pooled(chunk.to(self.device)) for chunk in x.split(_FEATURE_CHUNK)])
+
+    def set_prompt_bank(self, x: torch.Tensor) -> None:
+        """Store the normal training images Tensor[N, 3, S, S] in [0, 1] (as uint8) and their prompt features."""
+        self.prompt_images = x.mul(255.0).round_().clamp_(0, 255).to(torch.uint8).to(self.device)
+        self.prompt_features = self.prompt_feature(self.prompt_images.float() / 255.0)
+
+    def prompts(self, index: torch.Tensor) -> torch.Tensor:
+        """Prompt images of bank rows ``index`` as Tensor[B, 3, S, S] in [-1, 1]."""
+        return self.prompt_images[index.to(self.device)].float() / 127.5 - 1.0
+
+    def recover_images(self, hog: torch.Tensor, prompt_index: torch.Tensor) -> torch.Tensor:
+        """Y = HIP(H, X⁺): Tensor[B, 3, S, S] in [-1, 1]."""
+        return self.recover(hog.to(self.device), self.prompts(prompt_index))
+
+    def feature_pair(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """F_X (frozen backbone on X in [0, 1], no grad) and F_Y (student on the backbone features of Y in [-1, 1])."""
+        with torch.no_grad():
+            feats_x = self.backbone.features(x.to(self.device))
+            feats_ry = self.backbone.features((y + 1.0) / 2.0)
+        return feats_x, self.student(feats_ry)
+
+    # ----------------------------------------------------------------- training
+
+    def recovery_loss(self, x: torch.Tensor, hog: torch.Tensor, prompt_index: torch.Tensor) -> torch.Tensor:
+        """Stage-1 loss of one batch: L2 + λ_M·MSGMS between X (Tensor[B, 3, S, S] in [0, 1], mapped to [-1, 1])
+        and Y = HIP(H, X⁺)."""
+        y = self.recover_images(hog, prompt_index)
+        return recovery_loss(x.to(self.device) * 2.0 - 1.0, y, self.config.msgms_weight)
+
+    def discrimination_loss(self, x: torch.Tensor, hog: torch.Tensor, prompt_index: torch.Tensor) -> torch.Tensor:
+        """Stage-2 loss of one batch: L_D + λ_S·L_S between F_X and F_Y, with Y from the frozen HIP (no grad)."""
+        with torch.no_grad():
+            y = self.recover_images(hog, prompt_index)
+        feats_x, feats_y = self.feature_pair(x, y)
+        return discrimination_loss(feats_x, feats_y, self.config.self_corr_weight)
+
+    def fit(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        checkpoint_dir: str | os.PathLike | None = None,
+        resume: bool = True,
+        progress: bool = True,
+        stages: Sequence[int] = (1, 2),
+    ) -> dict[str, list[float]]:
+        """Train on normal images: stage 1 (recover network), then stage 2 (discriminate network).
+
+        Args:
+            images: at least two normal training images of one category (or of all, for a unified model), or an
+                :class:`ad_fast.data.AnomalyDataset` whose normal (label 0) images are used.
+            checkpoint_dir: where each stage saves ``redi_stage{1,2}.pt`` after every epoch.
+            resume: continue from existing stage checkpoints in ``checkpoint_dir``.
+            progress: show tqdm progress bars.
+            stages: which stages to run, a subset of (1, 2), e.g. (2,) after loading a stage-1 model.
+        Returns:
+            ``{"recover": [mean loss per epoch], "discriminate": [...]}`` for the stages run.
+        """
+        stages = tuple(stages)
+        if not stages or any(s not in (1, 2) for s in stages) or len(set(stages)) != len(stages):
+            raise ValueError(f"stages: expected a non-empty subset of (1, 2), got {stages!r}")
+        if hasattr(images, "subset") and hasattr(images, "records"):
+            images = _normal_images(images)
+        x, _ = self.preprocess(images)
+        if x.shape[0] < 2:
+            raise ValueError(f"images: ReDi needs at least 2 normal training images (prompts exclude the image itself), got {x.shape[0]}")
+        self.set_prompt_bank(x)
+        x = self.prompt_images.float() / 255.0
+        prompt_index, _ = retrieve_prompts(self.prompt_features, self.prompt_features, exclude=torch.arange(x.shape[0], device=self.device))
+        with torch.no_grad():
+            hog = torch.cat([self.hog_map(chunk) for chunk in x.split(_FEATURE_CHUNK)])
+        history: dict[str, list[float]] = {}
+        if 1 in stages:
+            self.recover.requires_grad_(True)
+            step = lambda batch: self.recovery_loss(x[batch], hog[batch], prompt_index[batch])  # noqa: E731
+            history["recover"] = run_stage(1, self.recover, step, x.shape[0], self.config, checkpoint_dir, resume, progress)
+            self._mark_trained(1)
+        if 2 in stages:
+            self.recover.eval().requires_grad_(False)
+            step = lambda batch: self.discrimination_loss(x[batch], hog[batch], prompt_index[batch])  # noqa: E731
+            history["discriminate"] = run_stage(2, self.student, step, x.shape[0], self.config, checkpoint_dir, resume, progress)
+            self._mark_trained(2)
+        self.eval()
+        return history
+
+    def _mark_trained(self, stage: int) -> None:
+        self.trained_stages = sorted(set(self.trained_stages) | {stage})
+
+    @classmethod
+    def fit_categories(
+        cls,
+        data: Mapping[str, ImageInput | Sequence[ImageInput]],
+        unified: bool = False,
+        backbone_weights: str | os.PathLike | None = None,
+        checkpoint_dir: str | os.PathLike | None = None,
+        progress: bool = True,
+        **options,
+    ) -> dict[str, "ReDi"]:
+        """One model per category (the paper's setting), or with ``unified`` one model trained on the union of
+        all categories (its prompt bank holds every category's normal images); returns category → model."""
+        if not isinstance(data, Mapping) or not data:
+            raise ValueError("data: expected a non-empty mapping category -> normal training images")
+        if unified:
+            model = cls(backbone_weights=backbone_weights, **options)
+            images = [img for value in data.values() for img in to_image_batch(value)[0]]
+            model.fit(images, checkpoint_dir=checkpoint_dir, progress=progress)
+            return {category: model for category in data}
+        models = {}
+        for category, images in data.items():
+            model = cls(backbone_weights=backbone_weights, **options)
+            sub_dir = None if checkpoint_dir is None else os.path.join(checkpoint_dir, str(category))
+            model.fit(images, checkpoint_dir=sub_dir, progress=progress)
+            models[category] = model
+        return models
+
+    # ----------------------------------------------------------------- inference
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Tensor[B, 3, S, S] in [0, 1] → anomaly_map [B, 1, S, S], pred_score [B], prompt_index [B],
+        prompt_similarity [B], recovered [B, 3, S, S] in [0, 1]."""
+        x = x.to(self.device)
+        prompt_index, similarity = retrieve_prompts(self.prompt_feature(x), self.prompt_features)
+        y = self.recover_images(self.hog_map(x), prompt_index)
+        feats_x, feats_y = self.feature_pair(x, y)
+        sigma = self.config.blur_sigma or None
+        amap, score = anomaly_map(
+            feats_x, feats_y, self.config.img_size, metric="cosine", reduce="sum", blur_sigma=sigma, return_score=True
+        )
+        return {
+            "anomaly_map": amap, "pred_score": score, "prompt_index": prompt_index,
+            "prompt_similarity": similarity, "recovered": (y + 1.0) / 2.0,
+        }
+
+    def predict(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        batch_size: int = 8,
+        resize_to_input: bool = False,
+        return_recovered: bool = False,
+    ) -> AnomalyResult:
+        """Anomaly maps and scores of test images.
+
+        Args:
+            images: anything :func:`ad_fast.data.to_image_batch` accepts; resized to ``img_size``.
+            batch_size: images per forward pass.
+            resize_to_input: resize the maps back to the input size (all inputs must share one size).
+            return_recovered: put the recovered images Y (Tensor[B, 3, S, S] in [0, 1]) into ``extras``.
+        Returns:
+            :class:`AnomalyResult` with anomaly_map [B, 1, S, S] (or the input size), pred_score [B] and extras
+            ``prompt_index`` / ``prompt_similarity`` (the training image used as prompt).
+        """
+        if self.prompt_features.shape[0] == 0:
+            raise RuntimeError("ReDi.predict: the model has no prompt bank yet; call fit() or from_pretrained() first")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+        x, sizes = self.preprocess(images)
+        if resize_to_input and len(set(sizes)) != 1:
+            raise ValueError(f"resize_to_input: inputs have different sizes {sorted(set(sizes))}; predict them separately")
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                parts = [self(chunk) for chunk in x.split(batch_size)]
+        finally:
+            self.train(was_training)
+        merged = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+        extras = {"prompt_index": merged["prompt_index"], "prompt_similarity": merged["prompt_similarity"]}
+        if return_recovered:
+            extras["recovered"] = merged["recovered"]
+        result = AnomalyResult(merged["anomaly_map"].float(), merged["pred_score"].float(), extras=extras)
+        return result.resized(sizes[0]) if resize_to_input else result
+
+    # ----------------------------------------------------------------- persistence
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write weights, prompt bank and configuration to one ``.safetensors`` file."""
+        info = {"config": self.config.to_dict(), "trained_stages": list(self.trained_stages)}
+        save_model_file(path, self.state_dict(), info)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "ReDi":
+        """Rebuild a model written by :meth:`save` (strict key and shape check)."""
+        state, info = load_model_file(path)
+        try:
+            config = ReDiConfig.from_dict(info["config"])
+            stages = [int(s) for s in info.get("trained_stages", [])]
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"path: invalid ReDi configuration in {str(path)!r}: {error}") from error
+        model = cls(config=config)
+        for name in ("prompt_images", "prompt_features"):
+            if name not in state:
+                raise ValueError(f"path: {str(path)!r} lacks the tensor {name!r}")
+            setattr(model, name, torch.empty_like(state[name]))
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as error:
+            raise ValueError(f"path: weights in {str(path)!r} do not fit the stored configuration: {error}") from error
+        model.trained_stages = stages
+        return model.to(map_location).eval()
+
+    load = from_pretrained

@@ -1,0 +1,117 @@
+"""ReDi's two training stages (spec §3): AdamW with step decay, resumable from a per-stage checkpoint."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import ReDiConfig
+
+CHECKPOINT_VERSION = 1
+LR_DECAY = 0.5
+
+
+def stage_lr(base_lr: float, milestones: tuple[int, ...], epoch: int) -> float:
+    """Learning rate of ``epoch`` (0-based): ``base_lr`` × 0.5 per milestone already passed (MultiStepLR)."""
+    return base_lr * LR_DECAY ** sum(epoch >= m for m in milestones)
+
+
+def epoch_batches(n_items: int, batch_size: int, seed: int) -> list[torch.Tensor]:
+    """A seeded shuffle of ``range(n_items)`` split into batches; a trailing batch of one joins the previous
+    one (BatchNorm cannot train on a single 1x1 sample)."""
+    order = torch.randperm(n_items, generator=torch.Generator().manual_seed(seed))
+    batches = list(order.split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        last = batches.pop()
+        batches[-1] = torch.cat([batches[-1], last])
+    return batches
+
+
+def checkpoint_path(checkpoint_dir: str | os.PathLike, stage: int) -> Path:
+    return Path(checkpoint_dir) / f"redi_stage{stage}.pt"
+
+
+def _resumable_part(config: dict | None) -> dict | None:
+    """The configuration a checkpoint must share to be continued (the epoch counts may grow)."""
+    if config is None:
+        return None
+    return {k: v for k, v in config.items() if not k.endswith("_epochs")}
+
+
+def _load_checkpoint(path: Path, stage: int, config: ReDiConfig) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"checkpoint_dir: cannot read {str(path)!r}: {error}") from error
+    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION or state.get("stage") != stage:
+        raise ValueError(f"checkpoint_dir: {str(path)!r} is not a ReDi stage-{stage} checkpoint (version {CHECKPOINT_VERSION})")
+    if _resumable_part(state.get("config")) != _resumable_part(config.to_dict()):
+        raise ValueError(f"checkpoint_dir: {str(path)!r} was written with a different ReDi configuration")
+    return state
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def run_stage(
+    stage: int,
+    module: nn.Module,
+    step_loss: Callable[[torch.Tensor], torch.Tensor],
+    n_items: int,
+    config: ReDiConfig,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = True,
+    progress: bool = True,
+) -> list[float]:
+    """Train ``module`` (its parameters that require grad) for the stage's epochs; returns the mean loss per epoch.
+
+    ``step_loss(indices)`` returns the loss of one batch of training-set indices. With ``checkpoint_dir`` the
+    module, optimiser, epoch and loss history are saved after every epoch (atomically) and, with ``resume``, an
+    existing checkpoint of this stage is continued; the shuffles are seeded per epoch, so a resumed run sees
+    the same batches as an unbroken one.
+    """
+    epochs = getattr(config, f"stage{stage}_epochs")
+    base_lr = getattr(config, f"stage{stage}_lr")
+    milestones = getattr(config, f"stage{stage}_milestones")
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=base_lr, weight_decay=config.weight_decay)
+    start, history = 0, []
+    path = checkpoint_path(checkpoint_dir, stage) if checkpoint_dir is not None else None
+    if path is not None and resume and path.is_file():
+        state = _load_checkpoint(path, stage, config)
+        module.load_state_dict(state["module"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, history = int(state["epoch"]), list(state["history"])
+    bar = tqdm(range(start, epochs), initial=start, total=epochs, desc=f"ReDi stage {stage}", disable=not progress)
+    for epoch in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = stage_lr(base_lr, milestones, epoch)
+        module.train()
+        total, count = 0.0, 0
+        for batch in epoch_batches(n_items, config.batch_size, config.seed * 100_003 + stage * 10_007 + epoch):
+            loss = step_loss(batch)
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"ReDi stage {stage}: loss became {loss.item()} at epoch {epoch}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(batch)
+            count += len(batch)
+        history.append(total / count)
+        bar.set_postfix(loss=f"{history[-1]:.4f}")
+        if path is not None:
+            _save_checkpoint(path, {
+                "version": CHECKPOINT_VERSION, "stage": stage, "epoch": epoch + 1, "config": config.to_dict(),
+                "module": module.state_dict(), "optimizer": optimizer.state_dict(), "history": history,
+            })
+    return history
