@@ -384,12 +384,15 @@ def test_fit_under_ddp_keeps_ranks_identical(tmp_path):
 def test_cuda_predict_matches_cpu(trained, train_images):
     model = trained[0]
     images = train_images["stripes"][:2]
+    model.cpu()  # the module-scoped fixture may have been moved by an earlier test
     cpu = model.predict(images)
+    assert cpu.anomaly_map.device.type == "cpu"
     model.cuda()
     try:
         gpu = model.predict(images)
     finally:
         model.cpu()
+    assert gpu.anomaly_map.is_cuda
     torch.testing.assert_close(gpu.anomaly_map.cpu(), cpu.anomaly_map, rtol=1e-3, atol=1e-3)
 
 

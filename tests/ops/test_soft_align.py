@@ -341,7 +341,10 @@ def test_cuda_forward_backward_match_oracle(dtype, bound, case):
     got = torch.autograd.grad(out, (qc, kc, vc), grad.cuda().to(dtype))
     wants = torch.autograd.grad(want, (q64, k64, v64), grad)
     for g, w in zip(got, wants):
-        assert rel_err(g, w) < 4 * bound
+        # Relative to the reference gradient, with an absolute floor of 1e-6: with one prompt position the
+        # softmax is constant and dq is exactly zero, which rounding can only approach.
+        err = float((g.detach().double().cpu() - w).norm())
+        assert err < 4 * bound * float(w.norm()) + 1e-6
 
 
 @pytest.mark.cuda
