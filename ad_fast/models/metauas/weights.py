@@ -17,13 +17,13 @@ block n >= 2: ``_expand_conv, _bn0, _depthwise_conv, _bn1,``          ``conv_pw,
 
 from __future__ import annotations
 
-import json
 import os
 import re
-from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+
+from ... import checkpoints
 
 from .encoder import STAGE_DEPTHS
 
@@ -138,79 +138,14 @@ def load_state_dict_strict(module: torch.nn.Module, state_dict: Mapping[str, tor
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
-    """Read a checkpoint file → (tensors, ad_fast config or ``None`` for a plain/official state_dict).
-
-    Accepts safetensors files and ``torch.save`` files (read with ``weights_only=True``): a plain state_dict,
-    a ``{"state_dict": ...}`` wrapper, or ad_fast's own ``{"format": ..., "config": ..., "state_dict": ...}``.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: the file is truncated, corrupt, or holds no tensor state_dict.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {str(path)!r}")
-    with open(path, "rb") as handle:
-        head = handle.read(8)
-    if len(head) < 8:
-        raise ValueError(f"{str(path)!r} is not a checkpoint: file is empty or truncated ({path.stat().st_size} bytes)")
-    if path.suffix == ".safetensors":
-        return _read_safetensors(path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch.load raises many types on garbage (UnpicklingError, IndexError, ...)
-        raise ValueError(f"{str(path)!r} is not a readable PyTorch checkpoint (truncated or corrupt?): {error}") from error
-    config = None
-    if isinstance(payload, dict) and payload.get("format") == FORMAT_NAME:
-        _check_version(payload.get("format_version"), path)
-        config = dict(payload.get("config") or {})
-        payload = payload.get("state_dict")
-    elif isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
-        payload = payload["state_dict"]
-    if not isinstance(payload, dict) or not payload or not all(isinstance(v, torch.Tensor) for v in payload.values()):
-        raise ValueError(f"{str(path)!r} does not hold a state_dict of tensors")
-    return dict(payload), config
-
-
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise ValueError(f"{str(path)!r} is not a readable safetensors checkpoint: {error}") from error
-    config = None
-    if metadata.get("format") == FORMAT_NAME:
-        _check_version(int(metadata.get("format_version", -1)), path)
-        config = json.loads(metadata.get("config", "{}"))
-    if not tensors:
-        raise ValueError(f"{str(path)!r} holds no tensors")
-    return tensors, config
-
-
-def _check_version(version: Any, path: Path) -> None:
-    if version != FORMAT_VERSION:
-        raise ValueError(f"{str(path)!r}: unsupported {FORMAT_NAME} format version {version!r} "
-                         f"(this ad_fast reads version {FORMAT_VERSION})")
+    """Read a checkpoint → (tensors, ad_fast config or ``None`` for a plain/official state_dict); see
+    :func:`ad_fast.checkpoints.read_checkpoint` for what is accepted and raised."""
+    return checkpoints.read_checkpoint(path, FORMAT_NAME, FORMAT_VERSION)
 
 
 def write_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> None:
     """Write ad_fast's format: safetensors (``.safetensors`` suffix) or ``torch.save`` of plain tensors + config."""
-    path = Path(path)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
-        metadata = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "config": json.dumps(dict(config))}
-        if "method" in config:  # read by ad_fast.models.saved_method
-            metadata["method"] = str(config["method"])
-        save_file(tensors, str(path), metadata=metadata)
-    else:
-        torch.save({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": dict(config),
-                    "state_dict": tensors}, path)
+    checkpoints.write_checkpoint(path, state_dict, config, FORMAT_NAME, FORMAT_VERSION)
 
 
 def load_encoder_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:

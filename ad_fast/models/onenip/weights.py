@@ -16,14 +16,12 @@ normalising constant ``kappa``.
 
 from __future__ import annotations
 
-import json
 import os
-import pickle
-import zipfile
-from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+
+from ... import checkpoints
 
 from ..metauas.weights import load_state_dict_strict, official_to_adfast_key
 
@@ -70,72 +68,11 @@ def release_to_adfast(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
-    """Read a checkpoint → (tensors, ad_fast config or ``None`` for a release/plain state_dict).
-
-    Accepts safetensors and ``torch.save`` files (read with ``weights_only=True``): the release's
-    ``{"state_dict": ...}``, a plain state_dict, or ad_fast's format.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: truncated/corrupt file, no tensor state_dict, or an unsupported format version.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {str(path)!r}")
-    if path.stat().st_size < 8:
-        raise ValueError(f"{str(path)!r} is not a checkpoint: file is empty or truncated")
-    if path.suffix == ".safetensors":
-        return _read_safetensors(path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
-        raise ValueError(f"{str(path)!r} is not a readable PyTorch checkpoint (truncated or corrupt?): {error}") from error
-    config = None
-    if isinstance(payload, dict) and payload.get("format") == FORMAT_NAME:
-        _check_version(payload.get("format_version"), path)
-        config = dict(payload.get("config") or {})
-    if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
-        payload = payload["state_dict"]
-    if not isinstance(payload, dict) or not payload or not all(isinstance(v, torch.Tensor) for v in payload.values()):
-        raise ValueError(f"{str(path)!r} does not hold a state_dict of tensors")
-    return dict(payload), config
-
-
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise ValueError(f"{str(path)!r} is not a readable safetensors checkpoint: {error}") from error
-    config = None
-    if metadata.get("format") == FORMAT_NAME:
-        _check_version(int(metadata.get("format_version", -1)), path)
-        config = json.loads(metadata.get("config", "{}"))
-    if not tensors:
-        raise ValueError(f"{str(path)!r} holds no tensors")
-    return tensors, config
-
-
-def _check_version(version: Any, path: Path) -> None:
-    if version != FORMAT_VERSION:
-        raise ValueError(f"{str(path)!r}: unsupported {FORMAT_NAME} format version {version!r} "
-                         f"(this ad_fast reads version {FORMAT_VERSION})")
+    """Read a checkpoint → (tensors, ad_fast config or ``None`` for a release/plain state_dict); see
+    :func:`ad_fast.checkpoints.read_checkpoint` for what is accepted and raised."""
+    return checkpoints.read_checkpoint(path, FORMAT_NAME, FORMAT_VERSION)
 
 
 def write_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> None:
     """Write ad_fast's format: safetensors (``.safetensors`` suffix) or ``torch.save`` of plain tensors + config."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
-        save_file(tensors, str(path), metadata={"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION),
-                                                "config": json.dumps(dict(config))})
-    else:
-        torch.save({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": dict(config),
-                    "state_dict": tensors}, path)
+    checkpoints.write_checkpoint(path, state_dict, config, FORMAT_NAME, FORMAT_VERSION)
