@@ -10,23 +10,11 @@
 #include "anomaly_map/anomaly_map_common.h"
 #include "anomaly_map/anomaly_map_cuda.h"
 #include "common/checks.h"
+#include "common/cuda_dtype.h"
 
 namespace ad_fast {
 namespace anomaly_map {
 namespace {
-
-DType to_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat:
-      return DType::Float32;
-    case at::kHalf:
-      return DType::Float16;
-    case at::kBFloat16:
-      return DType::BFloat16;
-    default:
-      TORCH_CHECK(false, "feature maps must be float32, float16 or bfloat16 on CUDA, got ", t);
-  }
-}
 
 at::Tensor anomaly_map_cuda(at::TensorList feats_a, at::TensorList feats_b, at::IntArrayRef out_size,
                             c10::string_view metric, at::ArrayRef<double> weights, double blur_sigma) {
@@ -39,7 +27,7 @@ at::Tensor anomaly_map_cuda(at::TensorList feats_a, at::TensorList feats_b, at::
   const at::Tensor& first = feats_a[0];
   const c10::cuda::CUDAGuard guard(first.device());
   const int64_t B = first.size(0), H = out_size[0], W = out_size[1];
-  const DType dtype = to_dtype(first.scalar_type());
+  const DType dtype = cuda_float_dtype(first.scalar_type(), "feature maps");
   std::vector<LevelView> views;
   int64_t scratch = 0;
   for (size_t l = 0; l < feats_a.size(); ++l) {

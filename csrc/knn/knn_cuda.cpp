@@ -10,6 +10,7 @@
 #include <string>
 
 #include "common/checks.h"
+#include "common/cuda_dtype.h"
 #include "knn/knn_common.h"
 #include "knn/knn_cuda.h"
 
@@ -17,26 +18,13 @@ namespace ad_fast {
 namespace knn {
 namespace {
 
-DType to_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat:
-      return DType::Float32;
-    case at::kHalf:
-      return DType::Float16;
-    case at::kBFloat16:
-      return DType::BFloat16;
-    default:
-      TORCH_CHECK_TYPE(false, "query must be float32, float16 or bfloat16 on CUDA, got ", t);
-  }
-}
-
 std::tuple<at::Tensor, at::Tensor> knn_cuda(const at::Tensor& query_in, const at::Tensor& bank_in, int64_t k,
                                             c10::string_view metric_name, const c10::optional<at::Tensor>& sq_norms) {
   AD_CHECK_CUDA(query_in);
   AD_CHECK_DEVICE(bank_in, query_in.device());
   AD_CHECK_NDIM(query_in, 2);
   AD_CHECK_NDIM(bank_in, 2);
-  const DType dtype = to_dtype(query_in.scalar_type());
+  const DType dtype = cuda_float_dtype(query_in.scalar_type(), "query");
   TORCH_CHECK_TYPE(bank_in.scalar_type() == query_in.scalar_type(), "bank must have the query's dtype on CUDA (",
                    query_in.scalar_type(), "), got ", bank_in.scalar_type());
   TORCH_CHECK_VALUE(query_in.size(1) == bank_in.size(1) && query_in.size(1) > 0,

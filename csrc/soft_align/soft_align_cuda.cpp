@@ -8,25 +8,13 @@
 #include <tuple>
 
 #include "common/checks.h"
+#include "common/cuda_dtype.h"
 #include "soft_align/soft_align_checks.h"
 #include "soft_align/soft_align_cuda.h"
 
 namespace ad_fast {
 namespace soft_align {
 namespace {
-
-DType to_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat:
-      return DType::Float32;
-    case at::kHalf:
-      return DType::Float16;
-    case at::kBFloat16:
-      return DType::BFloat16;
-    default:
-      TORCH_CHECK(false, "q, k, v must be float32, float16 or bfloat16 on CUDA, got ", t);
-  }
-}
 
 void check_launch(cudaError_t err, const char* what) {
   TORCH_CHECK(err == cudaSuccess, what, " CUDA kernel failed: ", cudaGetErrorString(err));
@@ -37,7 +25,7 @@ std::tuple<at::Tensor, at::Tensor> soft_align_cuda(const at::Tensor& q_in, const
   check_soft_align_inputs(q_in, k_in, v_in);
   AD_CHECK_CUDA(q_in);
   const c10::cuda::CUDAGuard guard(q_in.device());
-  const DType dtype = to_dtype(q_in.scalar_type());
+  const DType dtype = cuda_float_dtype(q_in.scalar_type(), "q, k, v");
   const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
   const int64_t B = q.size(0), Cqk = q.size(1), Nq = q.size(2), Np = k.size(2), Cv = v.size(1);
   at::Tensor out = at::empty({B, Cv, Nq}, q.options());
@@ -55,7 +43,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_align_backward_cuda(
   check_soft_align_backward_inputs(grad_out_in, q_in, k_in, v_in, lse_in, delta_in);
   AD_CHECK_CUDA(q_in);
   const c10::cuda::CUDAGuard guard(q_in.device());
-  const DType dtype = to_dtype(q_in.scalar_type());
+  const DType dtype = cuda_float_dtype(q_in.scalar_type(), "q, k, v");
   const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
   const at::Tensor grad_out = grad_out_in.to(q.scalar_type()).contiguous();
   const at::Tensor lse = lse_in.to(at::kFloat).contiguous(), delta = delta_in.to(at::kFloat).contiguous();
