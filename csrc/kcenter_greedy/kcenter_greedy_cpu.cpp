@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "kcenter_greedy/kcenter_greedy_checks.h"
 #include "kcenter_greedy/kcenter_greedy_common.h"
 
 namespace ad_fast {
@@ -98,21 +99,8 @@ std::tuple<at::Tensor, at::Tensor> kcenter_greedy_cpu(const at::Tensor& projecte
                                                       int64_t start_index,
                                                       const c10::optional<at::Tensor>& init_distances) {
   AD_CHECK_CPU(projected_in);
-  AD_CHECK_NDIM(projected_in, 2);
-  TORCH_CHECK_TYPE(projected_in.scalar_type() == at::kFloat, "projected must be float32, got ",
-                   projected_in.scalar_type());
+  check_arguments(projected_in, n_select, start_index, init_distances);
   const int64_t N = projected_in.size(0), d = projected_in.size(1);
-  TORCH_CHECK_VALUE(n_select >= 0 && n_select <= N, "n_select must be in [0, ", N, "], got ", n_select);
-  if (init_distances.has_value()) {
-    AD_CHECK_CPU(*init_distances);
-    TORCH_CHECK_VALUE(init_distances->dim() == 1 && init_distances->size(0) == N &&
-                          init_distances->scalar_type() == at::kFloat,
-                      "init_distances must be a float32 [", N, "] tensor, got ", init_distances->scalar_type(), " ",
-                      init_distances->sizes());
-  } else if (n_select > 0) {
-    TORCH_CHECK_VALUE(start_index >= 0 && start_index < N, "start_index must be in [0, ", N, "), got ",
-                      start_index);
-  }
   at::Tensor indices = at::empty({n_select}, projected_in.options().dtype(at::kLong));
   at::Tensor radii = at::empty({n_select}, projected_in.options());
   if (n_select == 0) return {indices, radii};

@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "common/checks.h"
+#include "kcenter_greedy/kcenter_greedy_checks.h"
 #include "kcenter_greedy/kcenter_greedy_cuda.h"
 
 namespace ad_fast {
@@ -18,21 +19,8 @@ std::tuple<at::Tensor, at::Tensor> kcenter_greedy_cuda(const at::Tensor& project
                                                        int64_t start_index,
                                                        const c10::optional<at::Tensor>& init_distances) {
   AD_CHECK_CUDA(projected_in);
-  AD_CHECK_NDIM(projected_in, 2);
-  TORCH_CHECK_TYPE(projected_in.scalar_type() == at::kFloat, "projected must be float32, got ",
-                   projected_in.scalar_type());
+  check_arguments(projected_in, n_select, start_index, init_distances);
   const int64_t N = projected_in.size(0), d = projected_in.size(1);
-  TORCH_CHECK_VALUE(n_select >= 0 && n_select <= N, "n_select must be in [0, ", N, "], got ", n_select);
-  if (init_distances.has_value()) {
-    AD_CHECK_DEVICE(*init_distances, projected_in.device());
-    TORCH_CHECK_VALUE(init_distances->dim() == 1 && init_distances->size(0) == N &&
-                          init_distances->scalar_type() == at::kFloat,
-                      "init_distances must be a float32 [", N, "] tensor, got ", init_distances->scalar_type(), " ",
-                      init_distances->sizes());
-  } else if (n_select > 0) {
-    TORCH_CHECK_VALUE(start_index >= 0 && start_index < N, "start_index must be in [0, ", N, "), got ",
-                      start_index);
-  }
   const c10::cuda::CUDAGuard guard(projected_in.device());
   at::Tensor picks = at::empty({n_select}, projected_in.options().dtype(at::kLong));
   at::Tensor radii = at::empty({n_select}, projected_in.options());
