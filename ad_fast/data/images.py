@@ -14,6 +14,21 @@ from .._io import atomic_path
 ImageInput = Union[str, os.PathLike, "PIL.Image.Image", np.ndarray, torch.Tensor]  # noqa: F821
 
 
+def _open_image(path: str | os.PathLike, what: str) -> "PIL.Image.Image":  # noqa: F821
+    """The decoded image at ``path``; FileNotFoundError if absent, ValueError (naming ``what``) if unreadable."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file not found: {str(path)!r}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.copy()
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise ValueError(f"cannot read {what} {str(path)!r}: {error}") from error
+
+
 def load_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file (PNG/JPG/BMP/TIFF; 8-bit grey, 16-bit grey, palette, RGB or RGBA) as RGB ``uint8`` ``[H, W, 3]``.
 
@@ -21,20 +36,11 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         FileNotFoundError: the path does not exist.
         ValueError: the file exists but is not a readable image.
     """
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {str(path)!r}")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode.startswith("I;16") or img.mode == "I":  # 16-bit grey: scale, PIL's convert would clip
-                grey = np.asarray(img, dtype=np.float64) * (255.0 / 65535.0)
-                return np.repeat(np.clip(grey, 0, 255).round().astype(np.uint8)[:, :, None], 3, axis=2)
-            rgb = img.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise ValueError(f"cannot read image {str(path)!r}: {error}") from error
+    img = _open_image(path, "image")
+    if img.mode.startswith("I;16") or img.mode == "I":  # 16-bit grey: scale, PIL's convert would clip
+        grey = np.asarray(img, dtype=np.float64) * (255.0 / 65535.0)
+        return np.repeat(np.clip(grey, 0, 255).round().astype(np.uint8)[:, :, None], 3, axis=2)
+    rgb = img.convert("RGB")
     return np.array(rgb, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on read-only arrays)
 
 
@@ -72,7 +78,7 @@ def _one_image(item: ImageInput, name: str) -> torch.Tensor:
         except ImportError:  # pragma: no cover
             Image = None
         if Image is not None and isinstance(item, Image.Image):
-            chw = _array_to_chw(np.asarray(item.convert("RGB")), name)
+            chw = _array_to_chw(np.array(item.convert("RGB")), name)  # writable copy for torch.from_numpy
         else:
             raise TypeError(f"{name}: expected a path, PIL image, NumPy array or tensor, got {type(item).__name__}")
     if chw.shape[0] == 1:
@@ -142,17 +148,7 @@ def read_mask(path: str | os.PathLike, size: int | tuple[int, int] | None = None
         FileNotFoundError: the path does not exist.
         ValueError: the file exists but is not a readable image.
     """
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"mask file not found: {str(path)!r}")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            array = np.asarray(img)
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise ValueError(f"cannot read mask {str(path)!r}: {error}") from error
+    array = np.asarray(_open_image(path, "mask"))
     if array.ndim == 3:
         array = array[:, :, :3].max(axis=2) if array.shape[2] >= 3 else array[:, :, 0]
     mask = torch.from_numpy(np.ascontiguousarray(array > 0)).float().unsqueeze(0)
