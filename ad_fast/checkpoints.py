@@ -48,17 +48,30 @@ def read_checkpoint(path: str | os.PathLike, format_name: str,
     return dict(payload), config
 
 
+def read_safetensors(path: str | os.PathLike, what: str = "checkpoint") -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a safetensors file on the CPU.
+
+    Raises:
+        FileNotFoundError: no such file (messages start with "path:" and name ``what``).
+        ValueError: truncated, corrupt or not safetensors.
+    """
+    from safetensors import safe_open
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"path: {what} not found: {path!r}")
+    try:
+        with safe_open(path, framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except Exception as error:  # safetensors raises its own types for truncated or foreign files
+        raise ValueError(f"path: {path!r} is not a readable safetensors {what} ({error})") from error
+    return metadata, tensors
+
+
 def _read_safetensors(path: Path, format_name: str,
                       format_version: int) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise ValueError(f"{str(path)!r} is not a readable safetensors checkpoint: {error}") from error
+    metadata, tensors = read_safetensors(path)
     config = None
     if metadata.get("format") == format_name:
         _check_version(int(metadata.get("format_version", -1)), path, format_name, format_version)

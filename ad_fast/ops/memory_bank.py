@@ -98,17 +98,10 @@ class MemoryBank:
     @classmethod
     def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> MemoryBank:
         """Read a bank written by :meth:`save`; raise ValueError for a missing, foreign or corrupt file."""
-        from safetensors import safe_open
+        from ..checkpoints import read_safetensors
 
         path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"path: no memory-bank file at {path!r}")
-        try:
-            with safe_open(path, framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {name: f.get_tensor(name) for name in f.keys()}
-        except Exception as error:  # safetensors raises its own error types for truncated/corrupt files
-            raise ValueError(f"path: {path!r} is not a readable safetensors file ({error})") from error
+        meta, tensors = read_safetensors(path, "memory-bank file")
         if "ad_fast.memory_bank" not in meta or set(tensors) != {"rows", "sq_norms"}:
             raise ValueError(f"path: {path!r} is not an ad_fast MemoryBank file")
         config = json.loads(meta["ad_fast.memory_bank"])

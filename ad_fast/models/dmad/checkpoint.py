@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ...checkpoints import read_safetensors
+
 from ..._io import atomic_path
 
 if TYPE_CHECKING:
@@ -50,17 +52,8 @@ def save_dmad(model: "DMAD", path: str | os.PathLike, bank_dtype: str = "float32
 
 def read_dmad(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(metadata, tensors) of a file written by :func:`save_dmad`; clear errors for missing/foreign/corrupt files."""
-    from safetensors import safe_open
-
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"path: no DMAD file at {path!r}")
-    try:
-        with safe_open(path, framework="pt") as handle:
-            raw = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    except Exception as error:  # safetensors raises its own types for truncated or foreign files
-        raise ValueError(f"path: {path!r} is not a readable safetensors file ({error})") from error
+    raw, tensors = read_safetensors(path, "DMAD file")
     if METADATA_KEY not in raw or "normal_bank" not in tensors:
         raise ValueError(f"path: {path!r} is not a DMAD file saved by ad_fast")
     meta = json.loads(raw[METADATA_KEY])
