@@ -11,6 +11,7 @@
 
 #include "common/checks.h"
 #include "common/cuda_dtype.h"
+#include "knn/knn_checks.h"
 #include "knn/knn_common.h"
 #include "knn/knn_cuda.h"
 
@@ -21,26 +22,10 @@ namespace {
 std::tuple<at::Tensor, at::Tensor> knn_cuda(const at::Tensor& query_in, const at::Tensor& bank_in, int64_t k,
                                             c10::string_view metric_name, const c10::optional<at::Tensor>& sq_norms) {
   AD_CHECK_CUDA(query_in);
-  AD_CHECK_DEVICE(bank_in, query_in.device());
-  AD_CHECK_NDIM(query_in, 2);
-  AD_CHECK_NDIM(bank_in, 2);
+  const Metric metric = check_arguments(query_in, bank_in, k, metric_name, sq_norms);
   const DType dtype = cuda_float_dtype(query_in.scalar_type(), "query");
   TORCH_CHECK_TYPE(bank_in.scalar_type() == query_in.scalar_type(), "bank must have the query's dtype on CUDA (",
                    query_in.scalar_type(), "), got ", bank_in.scalar_type());
-  TORCH_CHECK_VALUE(query_in.size(1) == bank_in.size(1) && query_in.size(1) > 0,
-                    "query and bank must have the same non-zero feature dim, got ", query_in.sizes(), " and ",
-                    bank_in.sizes());
-  TORCH_CHECK_VALUE(k >= 1 && k <= bank_in.size(0), "k must be in [1, ", bank_in.size(0), "], got ", k);
-  Metric metric;
-  TORCH_CHECK_VALUE(parse_metric(std::string(metric_name).c_str(), &metric),
-                    "metric must be one of l2, sqeuclidean, cosine, ip; got '", std::string(metric_name), "'");
-  if (sq_norms.has_value()) {
-    AD_CHECK_DEVICE(*sq_norms, query_in.device());
-    TORCH_CHECK_VALUE(sq_norms->dim() == 1 && sq_norms->size(0) == bank_in.size(0) &&
-                          sq_norms->scalar_type() == at::kFloat,
-                      "bank_sq_norms must be a float32 [N] tensor, got ", sq_norms->scalar_type(), " ",
-                      sq_norms->sizes());
-  }
   const c10::cuda::CUDAGuard guard(query_in.device());
   const at::Tensor query = query_in.contiguous();
   const at::Tensor bank = bank_in.contiguous();
