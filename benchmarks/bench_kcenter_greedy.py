@@ -50,13 +50,11 @@ def test_kcenter_kernel(benchmark, projected, ratio, device):
     assert torch.equal(result[:REF_PICKS].cpu(), reference)
 
 
-def test_kcenter_reference_loop(benchmark, projected):
+def test_kcenter_reference_loop(benchmark, projected, device):
     benchmark.group = "kcenter-reference-per-pick"
-    benchmark.pedantic(
-        lambda: kcenter_greedy_reference(projected, REF_PICKS, projection_dim=None, start_index=0),
-        rounds=1,
-        iterations=1,
-    )
+    rows = projected.to(device)
+    fn = synchronized(lambda: kcenter_greedy_reference(rows, REF_PICKS, projection_dim=None, start_index=0), device)
+    benchmark.pedantic(fn, rounds=1, iterations=1)
     record_per_pick(benchmark, REF_PICKS)
 
 
