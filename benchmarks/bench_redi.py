@@ -61,14 +61,14 @@ def test_redi_train_step(benchmark, device, stage):
     x = torch.rand(batch, 3, SIZE, SIZE, device=device)
     index = torch.arange(batch) % BANK
     with torch.no_grad():
-        hog = model.hog_map(x)
+        h_map = model.generate_map(x)
     module, loss_fn = (model.recover, model.recovery_loss) if stage == 1 else (model.student, model.discrimination_loss)
     model.recover.train(stage == 1)
     module.train()
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-6)
 
     def step():
-        loss = loss_fn(x, hog, index)
+        loss = loss_fn(x, h_map, index)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

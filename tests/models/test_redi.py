@@ -43,12 +43,12 @@ def test_hog_input_equals_ops_hog(trained):
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     _, hog_image = ad_fast.ops.hog(x * 255.0, 9, (8, 8), (1, 1), visualize=True)
     expected = (hog_image / 10.0).clamp(0, 1) * 2 - 1  # spec §8.2: clip(h / 10, 0, 1), then HIP's [-1, 1]
-    torch.testing.assert_close(model.hog_map(x), expected.float(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(model.generate_map(x), expected.float(), rtol=0, atol=1e-6)
 
 
 def test_hog_input_matches_scikit_image():
     feature = pytest.importorskip("skimage.feature")
-    model_hog = ReDi(**TINY).hog_transform
+    model_hog = ReDi(**TINY).map_transform
     x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     _, sk_image = feature.hog((x[0].permute(1, 2, 0) * 255).numpy(), orientations=9, pixels_per_cell=(8, 8),
                               cells_per_block=(1, 1), visualize=True, channel_axis=-1)
@@ -318,5 +318,5 @@ def test_predict_cuda_matches_cpu(trained, tmp_path):
         reference = gpu.predict(images)
     torch.testing.assert_close(gpu_result.anomaly_map, reference.anomaly_map, rtol=1e-4, atol=1e-5)
     x = images.cuda()
-    loss = gpu.discrimination_loss(x, gpu.hog_map(x), torch.tensor([0, 1]))
+    loss = gpu.discrimination_loss(x, gpu.generate_map(x), torch.tensor([0, 1]))
     assert torch.isfinite(loss)

@@ -35,6 +35,24 @@ def load_state_dict_file(path: str | os.PathLike, name: str) -> dict[str, torch.
     return state
 
 
+STEM = ("conv1", "bn1", "act1", "maxpool")
+
+
+def resnet_levels(net: nn.Module, x: torch.Tensor, depth: int) -> list[torch.Tensor]:
+    """ImageNet-normalise images Tensor[B, 3, H, W] in [0, 1], run the ResNet stem of ``net`` (a module with
+    ResNet attribute names) and return the outputs of layer1..layer``depth``: [B, c_l, H / 2**(l+1), W / 2**(l+1)]."""
+    mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    x = (x - mean) / std
+    for name in STEM:
+        x = getattr(net, name)(x)
+    feats = []
+    for level in range(1, depth + 1):
+        x = getattr(net, f"layer{level}")(x)
+        feats.append(x)
+    return feats
+
+
 class FrozenBackbone(nn.Module):
     """A timm ResNet-family network (``wide_resnet50_2`` by default), frozen and always in eval mode.
 
@@ -47,7 +65,7 @@ class FrozenBackbone(nn.Module):
         super().__init__()
         timm = import_timm()
         self.net = timm.create_model(name, pretrained=False, num_classes=0)
-        for attr in ("conv1", "bn1", "act1", "maxpool", "layer1", "layer2", "layer3", "layer4"):
+        for attr in (*STEM, "layer1", "layer2", "layer3", "layer4"):
             if not hasattr(self.net, attr):
                 raise ValueError(f"backbone: {name!r} is not a ResNet-family timm model (no {attr!r})")
         if weights is not None:
@@ -59,31 +77,16 @@ class FrozenBackbone(nn.Module):
             if missing or unexpected:
                 raise ValueError(f"backbone_weights: keys do not match {name!r}: missing {missing[:5]}, unexpected {unexpected[:5]}")
         self.net.requires_grad_(False)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.channels: tuple[int, int, int] = tuple(int(info["num_chs"]) for info in self.net.feature_info[1:4])
         self.eval()
 
     def train(self, mode: bool = True) -> "FrozenBackbone":
         return super().train(False)
 
-    def _stem(self, x: torch.Tensor) -> torch.Tensor:
-        net = self.net
-        x = (x - self.mean) / self.std
-        return net.maxpool(net.act1(net.bn1(net.conv1(x))))
-
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """layer1..layer3 outputs: [B, c1, H/4, W/4], [B, c2, H/8, W/8], [B, c3, H/16, W/16]."""
-        x = self._stem(x)
-        feats = []
-        for layer in (self.net.layer1, self.net.layer2, self.net.layer3):
-            x = layer(x)
-            feats.append(x)
-        return feats
+        return resnet_levels(self.net, x, 3)
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         """Global-average-pooled layer4 output Tensor[B, c4] (2048-d for WideResNet-50): the prompt feature."""
-        x = self._stem(x)
-        for layer in (self.net.layer1, self.net.layer2, self.net.layer3, self.net.layer4):
-            x = layer(x)
-        return x.mean(dim=(2, 3))
+        return resnet_levels(self.net, x, 4)[-1].mean(dim=(2, 3))

@@ -7,20 +7,33 @@ from typing import Any
 
 from ...ops._validate import check_choice
 
+INPUT_MAPS = ("hog", "sobel", "roberts", "canny")
+PROMPTS = ("pretrained", "free")
+
 
 @dataclass(frozen=True)
 class ReDiConfig:
     """Defaults reproduce the paper's setting (256 px, WideResNet-50, HOG 9 bins / 8x8 cells, λ_M = λ_S = 1).
+
+    ``input_map``, ``prompt``, ``frb``, ``hog_orientations`` and ``hog_cell`` also select the paper's ablations
+    (spec §6.5): Tab. 5 maps, Tab. 8 prompts, Tab. 11 "w/o FRB", Tab. 10 HOG (bin 4, 8x8) and (bin 18, 4x4).
 
     Attributes:
         img_size: square training/inference resolution; a multiple of 32.
         backbone: timm ResNet-family name of the frozen network (prompt features, F_X, R_Y).
         hip_width: full-width UNet base channels of the recover network (each encoder uses half).
         student_width_factor: bottleneck width multiplier of the aggregation/FRB (2 = "wide", as WRN-50).
-        hog_orientations, hog_cell: HOG bins and cell size in pixels.
+        input_map: the self-generated map H fed to the recover network: "hog" (the paper's), or the Tab. 5
+            alternatives "sobel" (cv2.Sobel, ksize 3), "roberts" or "canny" (cv2.Canny(gray, 50, 100)).
+        prompt: "pretrained" (X⁺ = nearest normal training image by backbone features; the paper's) or "free"
+            (Tab. 8: no prompt, the recover network sees H only). Tab. 8's "self_supervised" prompt feature
+            is not specified by the paper and is not implemented.
+        frb: True (aggregation + Feature Recovery Block, reverse distillation; the paper's) or False (Tab. 11
+            "w/o FRB": a learnable copy of the backbone on Y gives F_Y directly).
+        hog_orientations, hog_cell: HOG bins and cell size in pixels (used when ``input_map="hog"``).
         hog_colour: "rgb" (dominant channel, as scikit-image) or "gray".
         hog_scale: "fixed" (clip(h / 10, 0, 1) on 0-255 data) or "max" (per-image division by the maximum).
-        hog_channels: 1, or 3 to replicate the HOG map.
+        hog_channels: 1, or 3 to replicate the map H (any ``input_map``); the recover network's input channels.
         msgms_weight: λ_M of the recovery loss; self_corr_weight: λ_S of the discrimination loss.
         blur_sigma: Gaussian σ of the anomaly map (None or 0 disables it).
         batch_size, weight_decay: shared by both AdamW stages.
@@ -38,6 +51,9 @@ class ReDiConfig:
     hog_colour: str = "rgb"
     hog_scale: str = "fixed"
     hog_channels: int = 1
+    input_map: str = "hog"
+    prompt: str = "pretrained"
+    frb: bool = True
     msgms_weight: float = 1.0
     self_corr_weight: float = 1.0
     blur_sigma: float | None = 4.0
@@ -67,6 +83,13 @@ class ReDiConfig:
         check_choice(self.hog_scale, "hog_scale", ("fixed", "max"))
         if self.hog_channels not in (1, 3) or isinstance(self.hog_channels, bool):
             raise ValueError(f"hog_channels: expected 1 or 3, got {self.hog_channels!r}")
+        check_choice(self.input_map, "input_map", INPUT_MAPS)
+        if self.prompt == "self_supervised":
+            raise ValueError("prompt: 'self_supervised' (paper Tab. 8) is not implemented: the paper does not specify "
+                             f"its feature network; expected one of {PROMPTS}")
+        check_choice(self.prompt, "prompt", PROMPTS)
+        if not isinstance(self.frb, bool):
+            raise ValueError(f"frb: expected True or False, got {self.frb!r}")
         if not isinstance(self.backbone, str) or not self.backbone:
             raise TypeError(f"backbone: expected a timm model name, got {self.backbone!r}")
         for name in ("msgms_weight", "self_corr_weight", "weight_decay"):

@@ -5,12 +5,19 @@ It follows Reverse Distillation (spec §2.5): the frozen backbone's features R_Y
 deepest level's scale (MFF), compressed by a one-class embedding of bottleneck blocks (OCE), and a reverse
 decoder of transposed-convolution bottlenecks (the Feature Recovery Block) produces F_Y with the shapes of
 F_X. For WideResNet-50 the MFF + OCE hold 58.89 M parameters and the decoder 24.92 M.
+
+The "w/o FRB" ablation (paper Tab. 11, spec §2.5) replaces all of this with :class:`LearnableExtractor`: a
+trainable copy of the backbone applied to Y whose layer1-3 outputs are F_Y directly (forward distillation).
 """
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
+
+from .backbone import STEM, resnet_levels
 
 
 def _conv_bn_relu(in_ch: int, out_ch: int) -> nn.Sequential:
@@ -113,3 +120,22 @@ class DiscriminateStudent(nn.Module):
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         return self.decoder(self.aggregate(feats))
+
+
+class LearnableExtractor(nn.Module):
+    """"w/o FRB": Extractor 3 of the recovery branch made learnable; its layer1-3 outputs are F_Y.
+
+    A trainable copy of the stem and layer1-3 of ``net`` (the frozen backbone's network), so it starts from the
+    same (ImageNet) weights [INF: the paper does not say how it is initialised]; 24.86 M parameters for
+    WideResNet-50.
+    forward(y: Tensor[B, 3, H, W] in [0, 1]) -> [F1 Tensor[B, c1, H/4, W/4], F2 [B, c2, H/8, W/8], F3 [B, c3, H/16, W/16]].
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        for name in (*STEM, "layer1", "layer2", "layer3"):
+            setattr(self, name, copy.deepcopy(getattr(net, name)))
+        self.requires_grad_(True)
+
+    def forward(self, y: torch.Tensor) -> list[torch.Tensor]:
+        return resnet_levels(self, y, 3)

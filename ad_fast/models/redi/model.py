@@ -4,7 +4,8 @@ Pipeline (spec redi.md §2, §4) for an image X resized to ``img_size``:
 HOG map H = HOG(X); prompt X⁺ = nearest normal training image (cosine of pooled backbone features);
 Y = HIP(H, X⁺); F_X = backbone(X), F_Y = FRB(MFF(backbone(Y))); map = Σ_levels up(1 − cos(F_X, F_Y)),
 optional Gaussian blur, score = max. One model per category by default; :meth:`ReDi.fit_categories`
-also trains one unified model over all categories.
+also trains one unified model over all categories. The paper's ablations are configuration options
+(:class:`ReDiConfig`: ``input_map``, ``prompt``, ``frb``, ``hog_orientations`` / ``hog_cell``).
 
 Deviations from RD's evaluation code (spec §9.3), inherited from the shared ``ad_fast.ops.anomaly_map``:
 bilinear upsampling with align_corners=False (RD: True) and a reflect-101 blur border (SciPy: symmetric).
@@ -20,13 +21,14 @@ import torch
 from torch import nn
 
 from ...data import ImageInput, resize_image, to_image_batch
-from ...ops import HOGTransform, anomaly_map
+from ...ops import anomaly_map
 from ...results import AnomalyResult
 from .. import register_model
 from .backbone import FrozenBackbone
 from .config import ReDiConfig
-from .discriminate import DiscriminateStudent
+from .discriminate import DiscriminateStudent, LearnableExtractor
 from .losses import discrimination_loss, recovery_loss
+from .maps import build_map_transform, to_uint8
 from .prompt import retrieve_prompts
 from .recover import RecoverNetwork
 from .training import run_stage
@@ -52,6 +54,17 @@ class ReDi(nn.Module):
         config: a full :class:`ReDiConfig` instead of ``img_size`` + ``options``.
         **options: any other :class:`ReDiConfig` field (e.g. ``stage1_epochs=10``, ``backbone="resnet18"``).
 
+    Ablation options (paper §4.3, spec §6.5; the defaults are the paper's ReDi):
+        input_map: "hog" | "sobel" | "roberts" | "canny" — the self-generated map H (Tab. 5). Sobel, Roberts and
+            Canny are computed with OpenCV on the uint8 ``cv2.COLOR_RGB2GRAY`` image: Sobel ksize 3 and Roberts
+            gradient magnitudes (divided by their largest possible value), ``cv2.Canny(gray, 50, 100)`` / 255;
+            every map is scaled to [-1, 1] with ``hog_channels`` (1 or 3) channels, the recover network's input.
+        hog_orientations, hog_cell: HOG bins and cell size (Tab. 10: 9 / 8 default, ablated 4 / 8 and 18 / 4).
+        prompt: "pretrained" (nearest normal training image by pooled backbone features) | "free" (Tab. 8: no
+            prompt and no retrieval; the recover network is a full-width UNet on H, no prompt bank is stored).
+        frb: True (aggregation + FRB) | False (Tab. 11 "w/o FRB": F_Y = a trainable copy of the backbone's
+            stem and layer1-3 applied to Y, initialised from the frozen backbone; forward distillation).
+
     Example::
 
         model = ReDi(img_size=256, backbone_weights="wide_resnet50_2.pth")
@@ -75,19 +88,15 @@ class ReDi(nn.Module):
         elif not isinstance(config, ReDiConfig):
             raise TypeError(f"config: expected a ReDiConfig, got {type(config).__name__}")
         self.config = config
+        self.map_transform = build_map_transform(config)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             self.backbone = FrozenBackbone(config.backbone, backbone_weights)
-            self.recover = RecoverNetwork(config.hog_channels, config.hip_width)
-            self.student = DiscriminateStudent(self.backbone.channels, config.student_width_factor)
-        self.hog_transform = HOGTransform(
-            orientations=config.hog_orientations,
-            pixels_per_cell=(config.hog_cell, config.hog_cell),
-            colour=config.hog_colour,
-            scale=config.hog_scale,
-            value_range=(-1.0, 1.0),
-            out_channels=config.hog_channels,
-        )
+            self.recover = RecoverNetwork(self.map_transform.out_channels, config.hip_width, self.uses_prompt)
+            self.student: nn.Module = (
+                DiscriminateStudent(self.backbone.channels, config.student_width_factor)
+                if config.frb else LearnableExtractor(self.backbone.net)
+            )
         size = config.img_size
         self.register_buffer("prompt_images", torch.zeros(0, 3, size, size, dtype=torch.uint8))
         self.register_buffer("prompt_features", torch.zeros(0, self.backbone.net.num_features))
@@ -99,16 +108,22 @@ class ReDi(nn.Module):
     def device(self) -> torch.device:
         return self.prompt_features.device
 
+    @property
+    def uses_prompt(self) -> bool:
+        """Whether the recover network takes a retrieved prompt image X⁺ (``prompt="pretrained"``)."""
+        return self.config.prompt == "pretrained"
+
     def parameter_counts(self) -> dict[str, int]:
-        """Parameters per part; ``"trainable"`` = recover + aggregation + FRB (the paper's 106.4 M)."""
+        """Parameters per part: recover, then aggregation + frb (``frb=True``) or extractor (``frb=False``),
+        backbone; ``"trainable"`` = recover + student (the paper's 106.4 M by default), ``"total"`` adds the backbone."""
         count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
-        counts = {
-            "recover": count(self.recover),
-            "aggregation": count(self.student.aggregate),
-            "frb": count(self.student.decoder),
-            "backbone": count(self.backbone),
-        }
-        counts["trainable"] = counts["recover"] + counts["aggregation"] + counts["frb"]
+        counts = {"recover": count(self.recover)}
+        if self.config.frb:
+            counts.update(aggregation=count(self.student.aggregate), frb=count(self.student.decoder))
+        else:
+            counts["extractor"] = count(self.student)
+        counts["backbone"] = count(self.backbone)
+        counts["trainable"] = counts["recover"] + count(self.student)
         counts["total"] = counts["trainable"] + counts["backbone"]
         return counts
 
@@ -118,9 +133,10 @@ class ReDi(nn.Module):
         resized = [resize_image(t, self.config.img_size) for t in tensors]
         return torch.stack(resized).clamp_(0.0, 1.0), sizes
 
-    def hog_map(self, x: torch.Tensor) -> torch.Tensor:
-        """HOG image of Tensor[B, 3, S, S] in [0, 1] → Tensor[B, hog_channels, S, S] in [-1, 1]."""
-        return self.hog_transform(x)
+    def generate_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Self-generated map H (``config.input_map``) of Tensor[B, 3, S, S] in [0, 1] → Tensor[B, hog_channels, S, S]
+        in [-1, 1]."""
+        return self.map_transform(x)
 
     def prompt_feature(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled backbone feature Tensor[B, D] of images in [0, 1] (chunked, no grad)."""
@@ -129,36 +145,39 @@ class ReDi(nn.Module):
 
     def set_prompt_bank(self, x: torch.Tensor) -> None:
         """Store the normal training images Tensor[N, 3, S, S] in [0, 1] (as uint8) and their prompt features."""
-        self.prompt_images = x.mul(255.0).round_().clamp_(0, 255).to(torch.uint8).to(self.device)
+        self.prompt_images = to_uint8(x).to(self.device)
         self.prompt_features = self.prompt_feature(self.prompt_images.float() / 255.0)
 
     def prompts(self, index: torch.Tensor) -> torch.Tensor:
         """Prompt images of bank rows ``index`` as Tensor[B, 3, S, S] in [-1, 1]."""
         return self.prompt_images[index.to(self.device)].float() / 127.5 - 1.0
 
-    def recover_images(self, hog: torch.Tensor, prompt_index: torch.Tensor) -> torch.Tensor:
-        """Y = HIP(H, X⁺): Tensor[B, 3, S, S] in [-1, 1]."""
-        return self.recover(hog.to(self.device), self.prompts(prompt_index))
+    def recover_images(self, h_map: torch.Tensor, prompt_index: torch.Tensor | None) -> torch.Tensor:
+        """Y = HIP(H, X⁺) (or HIP(H) with ``prompt="free"``, where ``prompt_index`` is None): Tensor[B, 3, S, S] in [-1, 1]."""
+        prompt = None if prompt_index is None else self.prompts(prompt_index)
+        return self.recover(h_map.to(self.device), prompt)
 
     def feature_pair(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """F_X (frozen backbone on X in [0, 1], no grad) and F_Y (student on the backbone features of Y in [-1, 1])."""
+        """F_X (frozen backbone on X in [0, 1], no grad) and F_Y from Y in [-1, 1]: the student on the frozen
+        backbone's features of Y (``frb=True``) or the learnable extractor on Y itself (``frb=False``)."""
+        y = (y + 1.0) / 2.0
         with torch.no_grad():
             feats_x = self.backbone.features(x.to(self.device))
-            feats_ry = self.backbone.features((y + 1.0) / 2.0)
-        return feats_x, self.student(feats_ry)
+            student_input = self.backbone.features(y) if self.config.frb else y
+        return feats_x, self.student(student_input)
 
     # ----------------------------------------------------------------- training
 
-    def recovery_loss(self, x: torch.Tensor, hog: torch.Tensor, prompt_index: torch.Tensor) -> torch.Tensor:
+    def recovery_loss(self, x: torch.Tensor, h_map: torch.Tensor, prompt_index: torch.Tensor | None) -> torch.Tensor:
         """Stage-1 loss of one batch: L2 + λ_M·MSGMS between X (Tensor[B, 3, S, S] in [0, 1], mapped to [-1, 1])
         and Y = HIP(H, X⁺)."""
-        y = self.recover_images(hog, prompt_index)
+        y = self.recover_images(h_map, prompt_index)
         return recovery_loss(x.to(self.device) * 2.0 - 1.0, y, self.config.msgms_weight)
 
-    def discrimination_loss(self, x: torch.Tensor, hog: torch.Tensor, prompt_index: torch.Tensor) -> torch.Tensor:
+    def discrimination_loss(self, x: torch.Tensor, h_map: torch.Tensor, prompt_index: torch.Tensor | None) -> torch.Tensor:
         """Stage-2 loss of one batch: L_D + λ_S·L_S between F_X and F_Y, with Y from the frozen HIP (no grad)."""
         with torch.no_grad():
-            y = self.recover_images(hog, prompt_index)
+            y = self.recover_images(h_map, prompt_index)
         feats_x, feats_y = self.feature_pair(x, y)
         return discrimination_loss(feats_x, feats_y, self.config.self_corr_weight)
 
@@ -189,21 +208,24 @@ class ReDi(nn.Module):
             images = _normal_images(images)
         x, _ = self.preprocess(images)
         if x.shape[0] < 2:
-            raise ValueError(f"images: ReDi needs at least 2 normal training images (prompts exclude the image itself), got {x.shape[0]}")
-        self.set_prompt_bank(x)
-        x = self.prompt_images.float() / 255.0
-        prompt_index, _ = retrieve_prompts(self.prompt_features, self.prompt_features, exclude=torch.arange(x.shape[0], device=self.device))
+            raise ValueError(f"images: ReDi needs at least 2 normal training images, got {x.shape[0]}")
+        x = to_uint8(x).to(self.device).float() / 255.0
+        prompt_index = None
+        if self.uses_prompt:  # prompts exclude the image itself
+            self.set_prompt_bank(x)
+            prompt_index, _ = retrieve_prompts(self.prompt_features, self.prompt_features, exclude=torch.arange(x.shape[0], device=self.device))
         with torch.no_grad():
-            hog = torch.cat([self.hog_map(chunk) for chunk in x.split(_FEATURE_CHUNK)])
+            h_map = torch.cat([self.generate_map(chunk) for chunk in x.split(_FEATURE_CHUNK)])
+        prompts_of = lambda batch: None if prompt_index is None else prompt_index[batch]  # noqa: E731
         history: dict[str, list[float]] = {}
         if 1 in stages:
             self.recover.requires_grad_(True)
-            step = lambda batch: self.recovery_loss(x[batch], hog[batch], prompt_index[batch])  # noqa: E731
+            step = lambda batch: self.recovery_loss(x[batch], h_map[batch], prompts_of(batch))  # noqa: E731
             history["recover"] = run_stage(1, self.recover, step, x.shape[0], self.config, checkpoint_dir, resume, progress)
             self._mark_trained(1)
         if 2 in stages:
             self.recover.eval().requires_grad_(False)
-            step = lambda batch: self.discrimination_loss(x[batch], hog[batch], prompt_index[batch])  # noqa: E731
+            step = lambda batch: self.discrimination_loss(x[batch], h_map[batch], prompts_of(batch))  # noqa: E731
             history["discriminate"] = run_stage(2, self.student, step, x.shape[0], self.config, checkpoint_dir, resume, progress)
             self._mark_trained(2)
         self.eval()
@@ -242,20 +264,21 @@ class ReDi(nn.Module):
     # ----------------------------------------------------------------- inference
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Tensor[B, 3, S, S] in [0, 1] → anomaly_map [B, 1, S, S], pred_score [B], prompt_index [B],
-        prompt_similarity [B], recovered [B, 3, S, S] in [0, 1]."""
+        """Tensor[B, 3, S, S] in [0, 1] → anomaly_map [B, 1, S, S], pred_score [B], recovered [B, 3, S, S] in [0, 1]
+        and, with a prompt (``prompt="pretrained"``), prompt_index [B] and prompt_similarity [B]."""
         x = x.to(self.device)
-        prompt_index, similarity = retrieve_prompts(self.prompt_feature(x), self.prompt_features)
-        y = self.recover_images(self.hog_map(x), prompt_index)
+        out: dict[str, torch.Tensor] = {}
+        prompt_index = None
+        if self.uses_prompt:
+            prompt_index, similarity = retrieve_prompts(self.prompt_feature(x), self.prompt_features)
+            out.update(prompt_index=prompt_index, prompt_similarity=similarity)
+        y = self.recover_images(self.generate_map(x), prompt_index)
         feats_x, feats_y = self.feature_pair(x, y)
         sigma = self.config.blur_sigma or None
         amap, score = anomaly_map(
             feats_x, feats_y, self.config.img_size, metric="cosine", reduce="sum", blur_sigma=sigma, return_score=True
         )
-        return {
-            "anomaly_map": amap, "pred_score": score, "prompt_index": prompt_index,
-            "prompt_similarity": similarity, "recovered": (y + 1.0) / 2.0,
-        }
+        return {"anomaly_map": amap, "pred_score": score, **out, "recovered": (y + 1.0) / 2.0}
 
     def predict(
         self,
@@ -272,11 +295,13 @@ class ReDi(nn.Module):
             resize_to_input: resize the maps back to the input size (all inputs must share one size).
             return_recovered: put the recovered images Y (Tensor[B, 3, S, S] in [0, 1]) into ``extras``.
         Returns:
-            :class:`AnomalyResult` with anomaly_map [B, 1, S, S] (or the input size), pred_score [B] and extras
-            ``prompt_index`` / ``prompt_similarity`` (the training image used as prompt).
+            :class:`AnomalyResult` with anomaly_map [B, 1, S, S] (or the input size), pred_score [B] and, with a
+            prompt, extras ``prompt_index`` / ``prompt_similarity`` (the training image used as prompt).
         """
-        if self.prompt_features.shape[0] == 0:
-            raise RuntimeError("ReDi.predict: the model has no prompt bank yet; call fit() or from_pretrained() first")
+        ready = self.prompt_features.shape[0] > 0 if self.uses_prompt else bool(self.trained_stages)
+        if not ready:
+            what = "no prompt bank" if self.uses_prompt else "no trained stage"
+            raise RuntimeError(f"ReDi.predict: the model has {what} yet; call fit() or from_pretrained() first")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
         x, sizes = self.preprocess(images)
@@ -290,7 +315,7 @@ class ReDi(nn.Module):
         finally:
             self.train(was_training)
         merged = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
-        extras = {"prompt_index": merged["prompt_index"], "prompt_similarity": merged["prompt_similarity"]}
+        extras = {key: merged[key] for key in ("prompt_index", "prompt_similarity") if key in merged}
         if return_recovered:
             extras["recovered"] = merged["recovered"]
         result = AnomalyResult(merged["anomaly_map"].float(), merged["pred_score"].float(), extras=extras)

@@ -78,21 +78,31 @@ class UNetDecoder(nn.Module):
 class RecoverNetwork(nn.Module):
     """HIP: Y = Dec(cat(N1(H), N2(X⁺)) per scale), Y in [-1, 1].
 
+    Without a prompt (the "Free" setting of paper Tab. 8) Y = Dec(N1(H)) with a full-width N1, so the decoder
+    and its fused feature shapes stay those of HIP [INF: the paper does not describe that network].
+
     Args:
-        hog_channels: channels of the HOG map H (1, or 3 when replicated).
+        map_channels: channels of the self-generated map H (1, or 3 when replicated).
         base_width: full-width UNet base channels (64 in the paper); each encoder uses half.
-    forward(hog_map: Tensor[B, hog_channels, H, W], prompt: Tensor[B, 3, H, W] in [-1, 1]) -> Tensor[B, 3, H, W].
-    H and W must be multiples of 16.
+        use_prompt: build N2 and fuse the prompt image X⁺ (the paper's HIP).
+    forward(input_map: Tensor[B, map_channels, H, W], prompt: Tensor[B, 3, H, W] in [-1, 1], or None exactly when
+    ``use_prompt`` is False) -> Tensor[B, 3, H, W]. H and W must be multiples of 16.
+    N1 keeps the attribute name ``hog_encoder`` (whatever the map) so saved models keep loading.
     """
 
-    def __init__(self, hog_channels: int = 1, base_width: int = 64) -> None:
+    def __init__(self, map_channels: int = 1, base_width: int = 64, use_prompt: bool = True) -> None:
         super().__init__()
         full = unet_widths(base_width)
-        half = tuple(w // 2 for w in full)
-        self.hog_encoder = UNetEncoder(hog_channels, half)
-        self.prompt_encoder = UNetEncoder(3, half)
+        encoder_widths = tuple(w // 2 for w in full) if use_prompt else full
+        self.hog_encoder = UNetEncoder(map_channels, encoder_widths)
+        self.prompt_encoder = UNetEncoder(3, encoder_widths) if use_prompt else None
         self.decoder = UNetDecoder(full, out_channels=3)
 
-    def forward(self, hog_map: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
-        fused = [torch.cat(pair, dim=1) for pair in zip(self.hog_encoder(hog_map), self.prompt_encoder(prompt))]
-        return self.decoder(fused)
+    def forward(self, input_map: torch.Tensor, prompt: torch.Tensor | None = None) -> torch.Tensor:
+        if (prompt is None) != (self.prompt_encoder is None):
+            expected = "no prompt (built without one)" if self.prompt_encoder is None else "the prompt image X⁺"
+            raise ValueError(f"prompt: this recover network expects {expected}")
+        feats = self.hog_encoder(input_map)
+        if self.prompt_encoder is not None:
+            feats = [torch.cat(pair, dim=1) for pair in zip(feats, self.prompt_encoder(prompt))]
+        return self.decoder(feats)

@@ -37,11 +37,16 @@ def checkpoint_path(checkpoint_dir: str | os.PathLike, stage: int) -> Path:
     return Path(checkpoint_dir) / f"redi_stage{stage}.pt"
 
 
-def _resumable_part(config: dict | None) -> dict | None:
-    """The configuration a checkpoint must share to be continued (the epoch counts may grow)."""
-    if config is None:
-        return None
-    return {k: v for k, v in config.items() if not k.endswith("_epochs")}
+def config_differences(stored: dict, config: ReDiConfig) -> list[str]:
+    """The options (other than the epoch counts, which may grow) in which a checkpoint's stored configuration
+    differs from ``config``, as ``"name: stored -> current"``; options missing from ``stored`` take their defaults.
+
+    Raises:
+        ValueError: ``stored`` is not a valid ReDi configuration.
+    """
+    stored = ReDiConfig.from_dict(stored).to_dict()
+    current = config.to_dict()
+    return [f"{k}: {stored[k]!r} -> {v!r}" for k, v in current.items() if not k.endswith("_epochs") and stored[k] != v]
 
 
 def _load_checkpoint(path: Path, stage: int, config: ReDiConfig) -> dict:
@@ -51,8 +56,13 @@ def _load_checkpoint(path: Path, stage: int, config: ReDiConfig) -> dict:
         raise ValueError(f"checkpoint_dir: cannot read {str(path)!r}: {error}") from error
     if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION or state.get("stage") != stage:
         raise ValueError(f"checkpoint_dir: {str(path)!r} is not a ReDi stage-{stage} checkpoint (version {CHECKPOINT_VERSION})")
-    if _resumable_part(state.get("config")) != _resumable_part(config.to_dict()):
-        raise ValueError(f"checkpoint_dir: {str(path)!r} was written with a different ReDi configuration")
+    try:
+        differences = config_differences(state.get("config"), config)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"checkpoint_dir: {str(path)!r} holds no valid ReDi configuration: {error}") from error
+    if differences:
+        raise ValueError(f"checkpoint_dir: {str(path)!r} was written with a different ReDi configuration "
+                         f"(checkpoint -> this model: {'; '.join(differences)})")
     return state
 
 
