@@ -16,11 +16,13 @@ from .. import register_model
 from . import scoring, weights
 from .backbone import FEATURE_STRIDE, OneNIPBackbone, fuse_features
 from .reconstruction import Reconstruction
+from .transformer import RELEASE_DECODER_VARIANTS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BACKBONES = ("efficientnet_b4",)
 _POOL_KEY = "prompt_pool.features"
+_DECODER_PREFIX = "reconstruction.transformer.decoder."
 
 
 @register_model("onenip")
@@ -31,7 +33,12 @@ class OneNIP(nn.Module):
         img_size: side S images are resized to (release: 224, 256 or 320); a multiple of 16, at least 32.
         backbone: ``"efficientnet_b4"`` (frozen; block outputs 1/5/9/21 fused to 272 channels at stride 16).
         alpha: weight of the refiner map in ``(1 - alpha) · S_rec + alpha · kappa · M_hat`` (release 0.5).
-        decoder_variant: ``"v2_fixed"`` (release HEAD, default) or ``"v1_paper"`` (the paper's numbers).
+        decoder_variant: the bidirectional prompt/target decoder ``"v2_fixed"`` (release HEAD, default) or
+            ``"v1_paper"`` (its first version, behind the paper's numbers); or, for the Tab. 4a ablations only (no
+            release checkpoint holds them), ``"uniad_query"``: UniAD's layer-wise query decoder, a learned ``[N, d]``
+            query per block attends to the fixed encoded target and then to the previous block's output, no prompt
+            (Eq. 1); ``"unidirectional"``: the same blocks with the encoded prompt as the query of every block
+            (static prompt, Eq. 2).
         hidden_dim, heads, ffn_dim, encoder_depth, decoder_depth, dropout: transformer sizes (256, 8, 1024, 4, 4, 0.1).
         neighbour: ``(n_h, n_w)`` of the neighbour mask; default ``(h // 2, w // 2)`` as the release.
         avgpool_size: side of the average pooling before the image-score max (release 16).
@@ -83,8 +90,24 @@ class OneNIP(nn.Module):
 
     def load_release_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> "OneNIP":
         """Load the release's ``ckpt.pkl`` state_dict (``module.`` prefixes, lukemelas backbone names) strictly."""
-        weights.load_state_dict_strict(self, weights.release_to_adfast(state_dict), "release OneNIP state_dict")
+        self._load_strict(weights.release_to_adfast(state_dict), "release OneNIP state_dict")
         return self
+
+    def _load_strict(self, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+        """Strict load; when the decoder's keys differ, the error also names ``decoder_variant``.
+
+        Raises:
+            ValueError: missing, unexpected or misshaped keys.
+        """
+        try:
+            weights.load_state_dict_strict(self, state_dict, source)
+        except ValueError as error:
+            have = {k for k in state_dict if k.startswith(_DECODER_PREFIX)}
+            if have == {k for k in self.state_dict() if k.startswith(_DECODER_PREFIX)}:
+                raise
+            raise ValueError(f"{error}. The checkpoint's decoder keys differ from those of decoder_variant="
+                             f"{self._arch['decoder_variant']!r}: load it with the variant it was trained with "
+                             f"(release checkpoints: {' or '.join(map(repr, RELEASE_DECODER_VARIANTS))})") from None
 
     def save(self, path: str | os.PathLike) -> None:
         """Save weights, prompt pool, kappa and config (safetensors for a ``.safetensors`` path, else torch.save)."""
@@ -125,7 +148,7 @@ class OneNIP(nn.Module):
         if weights.is_release_layout(state_dict):
             model.load_release_state_dict(state_dict)
         else:
-            weights.load_state_dict_strict(model, state_dict, f"{str(path)!r}")
+            model._load_strict(state_dict, f"{str(path)!r}")
         if pool is not None and pool.numel():
             if len(labels) != pool.shape[0] or tuple(pool.shape[1:]) != tuple(model.prompt_features.shape[1:]):
                 raise ValueError(f"{str(path)!r}: prompt pool of shape {tuple(pool.shape)} does not match its "

@@ -24,7 +24,7 @@ class Reconstruction(nn.Module):
         feature_size: ``(h, w)`` of the stride-16 feature maps (the positional tables and mask depend on it).
         hidden_dim, heads, ffn_dim, encoder_depth, decoder_depth, dropout: transformer sizes (release: 256, 8,
             1024, 4, 4, 0.1).
-        decoder_variant: ``"v2_fixed"`` (release HEAD) or ``"v1_paper"`` (the decoder behind the paper's tables).
+        decoder_variant: one of ``transformer.DECODER_VARIANTS`` (see :class:`ad_fast.models.onenip.OneNIP`).
         neighbour: ``(n_h, n_w)`` of the neighbour mask, default ``(h // 2, w // 2)`` as the release; ``(0, 0)``
             masks only the token itself.
     """
@@ -37,7 +37,7 @@ class Reconstruction(nn.Module):
         self.feature_size = (int(height), int(width))
         self.pos_embed = LearnedPositionEmbedding(height, width, hidden_dim)
         self.transformer = Transformer(hidden_dim, heads, ffn_dim, encoder_depth, decoder_depth, dropout,
-                                       decoder_variant)
+                                       decoder_variant, height * width)
         self.input_proj = nn.Linear(FEATURE_CHANNELS, hidden_dim)
         self.output_proj = nn.Linear(hidden_dim, FEATURE_CHANNELS)
         self.seghead = Refiner(FEATURE_CHANNELS)
