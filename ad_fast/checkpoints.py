@@ -48,12 +48,21 @@ def read_checkpoint(path: str | os.PathLike, format_name: str,
     return dict(payload), config
 
 
-def read_safetensors(path: str | os.PathLike, what: str = "checkpoint") -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+def read_safetensors(path: str | os.PathLike, what: str = "checkpoint",
+                     mmap: bool = False) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     """(metadata, tensors) of a safetensors file on the CPU.
+
+    Args:
+        mmap: return views of one private (copy-on-write) memory map of the whole file, made with
+            ``torch.UntypedStorage.from_file(path, shared=False)``: opening reads only the header, pages are read
+            from the page cache when first touched and the OS may drop them again; writes to the tensors stay in
+            this process, the file is never changed. The file must not be truncated or rewritten in place while
+            the tensors live (replacing it by a rename, as ad_fast's writers do, is safe). Default: the tensors
+            ``safetensors.safe_open`` returns.
 
     Raises:
         FileNotFoundError: no such file (messages start with "path:" and name ``what``).
-        ValueError: truncated, corrupt or not safetensors.
+        ValueError: truncated, corrupt or not safetensors, or (``mmap``) a tensor not aligned to its dtype.
     """
     from safetensors import safe_open
 
@@ -61,12 +70,43 @@ def read_safetensors(path: str | os.PathLike, what: str = "checkpoint") -> tuple
     if not os.path.isfile(path):
         raise FileNotFoundError(f"path: {what} not found: {path!r}")
     try:
-        with safe_open(path, framework="pt") as handle:
+        with safe_open(path, framework="pt") as handle:  # validates the header against the file size
             metadata = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+            tensors = None if mmap else {name: handle.get_tensor(name) for name in handle.keys()}
     except Exception as error:  # safetensors raises its own types for truncated or foreign files
         raise ValueError(f"path: {path!r} is not a readable safetensors {what} ({error})") from error
-    return metadata, tensors
+    return metadata, _mapped_tensors(path) if mmap else tensors
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64,
+    "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}
+
+
+def _mapped_tensors(path: str) -> dict[str, torch.Tensor]:
+    """Every tensor of a (validated) safetensors file as a view of one private memory map of the file.
+
+    Layout: 8-byte little-endian header size, JSON header, then the data; ``data_offsets`` count from the data's
+    start. safetensors pads the header to 8 bytes and orders tensors by decreasing alignment, so each tensor
+    starts at a multiple of its item size (checked).
+    """
+    with open(path, "rb") as file:
+        header_size = int.from_bytes(file.read(8), "little")
+        header = json.loads(file.read(header_size))
+    storage = torch.UntypedStorage.from_file(path, shared=False, nbytes=os.path.getsize(path))
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
+        start = 8 + header_size + info["data_offsets"][0]
+        if dtype is None or start % dtype.itemsize:
+            problem = (f"its dtype {info['dtype']} is not supported" if dtype is None else
+                       f"it starts at byte {start}, not at a multiple of its {dtype.itemsize}-byte items")
+            raise ValueError(f"path: {path!r}: tensor {name!r} cannot be memory-mapped: {problem} (use mmap=False)")
+        tensors[name] = torch.empty(0, dtype=dtype).set_(storage, start // dtype.itemsize, info["shape"])
+    return tensors
 
 
 def _read_safetensors(path: Path, format_name: str,

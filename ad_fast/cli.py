@@ -39,6 +39,8 @@ def _model_args(parser: argparse.ArgumentParser, require_method: bool = False) -
     parser.add_argument("--method", required=require_method, help="registered method name, e.g. dmad")
     if not require_method:
         parser.add_argument("--model", help="a model saved by `ad-fast fit` (instead of --method)")
+        parser.add_argument("--mmap", action="store_true",
+                            help="memory-map the --model's memory banks instead of reading them into memory (dmad)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="constructor argument for --method (VALUE parsed as JSON when possible); repeatable")
 
@@ -182,7 +184,10 @@ def _model(args: argparse.Namespace, device: str) -> tuple[Any, bool]:
     if getattr(args, "model", None):
         if args.option:
             raise CLIError("--option applies to --method, not to a saved --model")
-        return _to_device(load_model(args.model, method=args.method), device), False
+        options = {"mmap": True} if args.mmap else {}
+        return _to_device(load_model(args.model, method=args.method, **options), device), False
+    if getattr(args, "mmap", False):
+        raise CLIError("--mmap applies to a saved --model")
     if not args.method:
         raise CLIError("give --method NAME or --model PATH")
     return _new_model(args.method, _options(args.option), device), True

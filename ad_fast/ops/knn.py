@@ -134,12 +134,13 @@ def knn(
     ``1 - <q, b> / (max(||q||, 1e-12) max(||b||, 1e-12))``, ``"ip"`` ``<q, b>`` (a similarity: largest first).
     Results are sorted ascending (descending for ``"ip"``), ties broken by the lower bank index.
 
-    Memory: never the full ``M x N`` matrix, whatever N. The CPU kernel holds per thread one 256 x 512 tile
-    of products (512 KiB in float32; plus a 512 x D float32 tile for a float16/bfloat16 bank) and, per query
-    and bank split (splits = 1 unless there are fewer query blocks than ~2 x threads), ``k + 8`` candidates
-    (12 B each). The CUDA kernel keeps the same candidate lists (splits <= 64, chosen to fill the GPU) plus
-    ``2 N`` floats of per-row coefficients. The ``k + 8`` best candidates of the tiled pass are re-scored
-    exactly (float64 accumulation), so distances carry float32 rounding only, not the
+    Memory: never the full ``M x N`` matrix, whatever N; the CPU kernel reads a contiguous bank in place, never
+    copying it whole (a memory-mapped bank, ``MemoryBank.load(..., mmap=True)``, stays in its map). It holds per
+    thread one 256 x 512 tile of products (512 KiB in float32; plus a 512 x D float32 tile for a float16/bfloat16
+    bank) and, per query and bank split (splits = 1 unless there are fewer query blocks than ~2 x threads),
+    ``k + 8`` candidates (12 B each). The CUDA kernel keeps the same candidate lists (splits <= 64, chosen to
+    fill the GPU) plus ``2 N`` floats of per-row coefficients. The ``k + 8`` best candidates of the tiled pass
+    are re-scored exactly (float64 accumulation), so distances carry float32 rounding only, not the
     ``||q||^2 + ||b||^2 - 2 q.b`` cancellation, and exact duplicates keep the lower index.
 
     Args:

@@ -7,24 +7,34 @@ import os
 
 import torch
 
-from ._validate import check_choice, check_tensor
+from ._validate import check_choice, check_same_device, check_tensor
 from .knn import BANK_STORAGE_DTYPES, METRICS, knn
 
 FORMAT_VERSION = 1
 _STORAGE_DTYPES = (torch.float32, torch.float64, *BANK_STORAGE_DTYPES)
 _DTYPE_NAMES = {str(d).replace("torch.", ""): d for d in _STORAGE_DTYPES}
+_NORM_CHUNK_ELEMENTS = 1 << 22  # squared norms are computed through float32 chunks of at most 16 MiB
+
+
+def _sq_norms(rows: torch.Tensor) -> torch.Tensor:
+    """Squared norms (Tensor[N] float32) of ``rows`` (Tensor[N, D]), upcast chunk by chunk, never whole."""
+    chunk = max(1, _NORM_CHUNK_ELEMENTS // max(1, rows.shape[1]))
+    return torch.cat([part.to(torch.float32).pow(2).sum(1) for part in rows.split(chunk)])
 
 
 class MemoryBank:
     """Rows ``[N, D]`` kept in ``dtype`` (float16/bfloat16 halve the memory; searches compute in float32),
     with their squared norms ``[N]`` (float32, from the stored rows) computed once at :meth:`add`.
 
+    A bank loaded with ``mmap=True`` searches straight from a private memory map of its file and is read-only
+    towards it: the file is never written, and :meth:`add` first copies the bank into memory.
+
     Example::
 
         bank = MemoryBank(dim=1536, dtype=torch.float16)
         bank.add(train_patches)                       # [N, 1536]
         dist, idx = bank.search(test_patches, k=9)    # [M, 9] each
-        bank.save("bank.safetensors"); bank = MemoryBank.load("bank.safetensors")
+        bank.save("bank.safetensors"); bank = MemoryBank.load("bank.safetensors", mmap=True)
     """
 
     def __init__(
@@ -53,8 +63,32 @@ class MemoryBank:
     def device(self) -> torch.device:
         return self.rows.device
 
+    @classmethod
+    def from_rows(cls, rows: torch.Tensor, metric: str = "l2", sq_norms: torch.Tensor | None = None) -> MemoryBank:
+        """A bank over ``rows`` as they are, without a copy (a memory-mapped tensor stays mapped).
+
+        Args:
+            rows (Tensor[N, D]): float32/float64/float16/bfloat16; its dtype and device become the bank's. Not checked
+                for NaN/Inf (that would read every row): meant for rows that went through :meth:`add` before.
+            sq_norms (Tensor[N] float32, optional): the rows' squared norms as :meth:`add` computes them; computed
+                here (through float32 chunks) when not given.
+        """
+        check_tensor(rows, "rows", ndim=2, dtypes=_STORAGE_DTYPES, allow_empty=True)
+        bank = cls(rows.shape[1], rows.dtype, metric, rows.device)
+        if sq_norms is None:
+            sq_norms = _sq_norms(rows)
+        check_tensor(sq_norms, "sq_norms", ndim=1, dtypes=(torch.float32,), allow_empty=True)
+        check_same_device({"rows": rows, "sq_norms": sq_norms})
+        if sq_norms.shape[0] != rows.shape[0]:
+            raise ValueError(f"sq_norms: expected {rows.shape[0]} values like rows, got {sq_norms.shape[0]}")
+        bank.rows, bank.sq_norms = rows, sq_norms
+        return bank
+
     def add(self, rows: torch.Tensor) -> MemoryBank:
-        """Append ``rows`` (Tensor[n, D], finite, any float dtype; moved to the bank's device/dtype)."""
+        """Append ``rows`` (Tensor[n, D], finite, any float dtype; moved to the bank's device/dtype).
+
+        The result is a new in-memory tensor: a memory-mapped bank is copied out of its map (the file is not written).
+        """
         check_tensor(rows, "rows", ndim=2, allow_empty=True, finite=True)
         if rows.shape[1] != self.dim:
             raise ValueError(f"rows: expected {self.dim} columns, got shape {tuple(rows.shape)}")
@@ -62,7 +96,7 @@ class MemoryBank:
         if not bool(torch.isfinite(stored).all()):
             raise ValueError(f"rows: values overflow the bank's {self.dtype}")
         self.rows = torch.cat([self.rows, stored])
-        self.sq_norms = torch.cat([self.sq_norms, stored.to(torch.float32).pow(2).sum(1)])
+        self.sq_norms = torch.cat([self.sq_norms, _sq_norms(stored)])
         return self
 
     def search(self, query: torch.Tensor, k: int = 1, metric: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,14 +111,20 @@ class MemoryBank:
         return knn(query, self.rows, k, metric, bank_sq_norms=self.sq_norms)
 
     def to(self, device: torch.device | str) -> MemoryBank:
-        """Move the rows and norms to ``device`` (in place; returns self)."""
+        """Move the rows and norms to ``device`` (in place; returns self). A memory-mapped bank is copied there."""
         self.rows = self.rows.to(device)
         self.sq_norms = self.sq_norms.to(device)
         return self
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write rows and norms to a safetensors file, with the format version and config as metadata."""
+        """Write rows and norms to a safetensors file, with the format version and config as metadata.
+
+        The file is written beside ``path`` and renamed onto it, so a bank memory-mapped from the old file (in this
+        or another process) keeps reading the old one.
+        """
         from safetensors.torch import save_file
+
+        from .._io import atomic_path
 
         config = {
             "format_version": FORMAT_VERSION,
@@ -93,15 +133,30 @@ class MemoryBank:
             "metric": self.metric,
         }
         tensors = {"rows": self.rows.detach().cpu().contiguous(), "sq_norms": self.sq_norms.detach().cpu().contiguous()}
-        save_file(tensors, os.fspath(path), metadata={"ad_fast.memory_bank": json.dumps(config)})
+        with atomic_path(path) as tmp:
+            save_file(tensors, os.fspath(tmp), metadata={"ad_fast.memory_bank": json.dumps(config)})
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> MemoryBank:
-        """Read a bank written by :meth:`save`; raise ValueError for a missing, foreign or corrupt file."""
+    def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu", mmap: bool = False) -> MemoryBank:
+        """Read a bank written by :meth:`save`.
+
+        Args:
+            device: where the bank lives.
+            mmap: on the CPU, keep rows and norms as views of a private memory map of the file instead of reading
+                them into memory (:func:`ad_fast.checkpoints.read_safetensors`): loading reads only the header,
+                searches read the rows from the page cache (one copy for every process mapping the file; the OS can
+                drop it under memory pressure), and the bank is read-only towards the file (see :meth:`add`). The
+                file must not be truncated or rewritten in place meanwhile (:meth:`save` replaces it by a rename,
+                which is safe). On another device the rows are copied there from the map.
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: a foreign, truncated or corrupt file (the message names ``path``).
+        """
         from ..checkpoints import read_safetensors
 
         path = os.fspath(path)
-        meta, tensors = read_safetensors(path, "memory-bank file")
+        meta, tensors = read_safetensors(path, "memory-bank file", mmap=mmap)
         if "ad_fast.memory_bank" not in meta or set(tensors) != {"rows", "sq_norms"}:
             raise ValueError(f"path: {path!r} is not an ad_fast MemoryBank file")
         config = json.loads(meta["ad_fast.memory_bank"])
@@ -113,10 +168,9 @@ class MemoryBank:
             rows.dim() == 2
             and rows.shape[1] == config["dim"]
             and sq_norms.shape == (rows.shape[0],)
+            and sq_norms.dtype == torch.float32
             and rows.dtype == _DTYPE_NAMES.get(config["dtype"])
         )
         if not consistent:
             raise ValueError(f"path: {path!r} holds tensors inconsistent with its MemoryBank config {config}")
-        bank = cls(config["dim"], rows.dtype, config["metric"], device)
-        bank.rows, bank.sq_norms = rows.to(device), sq_norms.to(device, torch.float32)
-        return bank
+        return cls.from_rows(rows.to(device, copy=not mmap), config["metric"], sq_norms.to(device, copy=not mmap))

