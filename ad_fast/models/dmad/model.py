@@ -155,6 +155,17 @@ class DMAD(nn.Module):
     def size(self) -> tuple[int, int]:
         return (self.config["image_size"], self.config["image_size"])
 
+    def _apply(self, fn, recurse: bool = True) -> "DMAD":
+        """``.to()`` / ``.cuda()`` / ``.cpu()`` also move the memory banks and the device new inputs go to."""
+        super()._apply(fn, recurse)
+        device = next(self.encoder.parameters()).device
+        if device != self.device_:
+            self.device_ = device
+            for bank in (self.normal_bank, self.abnormal_bank):
+                if bank is not None:
+                    bank.to(device)
+        return self
+
     def _features(self, items: list, desc: str, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, tuple[int, int]]:
         return extract_features(self.encoder, items, self.size, self.config["batch_size"], dtype, desc,
                                 self.progress, self.device_)
