@@ -26,6 +26,17 @@ ALIGNED_LEVELS = 3  # F3, F4, F5
 _POOL_PREFIX = "prompt_pool."
 
 
+def check_img_size(img_size: Any) -> None:
+    """Raise ValueError unless ``img_size`` is a positive multiple of 32 (the encoder's total stride)."""
+    if not isinstance(img_size, int) or img_size < 32 or img_size % 32:
+        raise ValueError(f"img_size: expected a positive multiple of 32, got {img_size!r}")
+
+
+def image_scores(maps: torch.Tensor) -> torch.Tensor:
+    """The image score of each map, its maximum: ``[B, 1, S, S]`` → ``[B]``."""
+    return maps.flatten(1).amax(dim=1)
+
+
 @dataclass
 class PromptEncoding:
     """Encoded prompt images, reusable for any number of queries.
@@ -70,8 +81,7 @@ class MetaUAS(nn.Module):
                  padding_version: str = "0.6.3", threshold: float = 0.5, weights: str | os.PathLike | None = None,
                  k: int = 1):
         super().__init__()
-        if not isinstance(img_size, int) or img_size < 32 or img_size % 32:
-            raise ValueError(f"img_size: expected a positive multiple of 32, got {img_size!r}")
+        check_img_size(img_size)
         if not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"threshold: expected a value in [0, 1], got {threshold!r}")
         self.img_size, self.threshold = img_size, float(threshold)
@@ -195,10 +205,10 @@ class MetaUAS(nn.Module):
     def forward_logits(self, query: torch.Tensor, prompt: torch.Tensor | PromptEncoding) -> torch.Tensor:
         """query ``[B, 3, S, S]`` in [0, 1]; prompt ``[B or 1, 3, S, S]`` or its encoding → logits ``[B, 1, S, S]``."""
         encoding = prompt if isinstance(prompt, PromptEncoding) else self.encode_prompt(prompt)
-        batch = query.shape[0]
-        if len(encoding) not in (1, batch):
-            raise ValueError(f"prompt: expected 1 or {batch} prompts (one per query), got {len(encoding)}")
-        if len(encoding) == 1 and batch > 1:
+        batch, prompts = query.shape[0], encoding.pooled.shape[0]
+        if prompts != batch:  # shapes, not len(): a symbolic batch (ONNX export) stays symbolic
+            if prompts != 1:
+                raise ValueError(f"prompt: expected 1 or {batch} prompts (one per query), got {prompts}")
             encoding = PromptEncoding([f.expand(batch, -1, -1, -1) for f in encoding.features],
                                       encoding.pooled.expand(batch, -1))
         return self.decode(self.encode(query), encoding)
@@ -284,7 +294,7 @@ class MetaUAS(nn.Module):
             encoding = PromptEncoding([f.unsqueeze(0).expand(batch, *f.shape) for f in encoding.features],
                                       encoding.pooled.unsqueeze(0).expand(batch, -1, -1))
         maps = self._mean_map_over_prompts(query_features, encoding)
-        result = AnomalyResult(maps, maps.flatten(1).amax(dim=1), extras=extras).threshold(self.threshold)
+        result = AnomalyResult(maps, image_scores(maps), extras=extras).threshold(self.threshold)
         if resize_to_input:
             if len(set(sizes)) != 1:
                 raise ValueError(f"resize_to_input: the queries have different sizes {sorted(set(sizes))}; "
@@ -312,5 +322,5 @@ class MetaUAS(nn.Module):
         if prompts.shape[0] != queries.shape[0]:
             raise ValueError(f"prompt: expected {queries.shape[0]} prompts (one per query), got {prompts.shape[0]}")
         maps = self(queries, prompts)
-        return AnomalyResult(maps, maps.flatten(1).amax(dim=1)).threshold(self.threshold)
+        return AnomalyResult(maps, image_scores(maps)).threshold(self.threshold)
 
