@@ -1,4 +1,4 @@
-"""``ad-fast``: fit, predict, evaluate, benchmark and demo from a shell.
+"""``ad-fast``: fit, predict, evaluate, benchmark, demo and export from a shell.
 
 Exit codes: 0 success; 1 an error in the inputs or the run (bad path, corrupt image, unknown method; the message goes
 to stderr); 2 wrong command-line usage; 130 interrupted. Outputs are staged and moved into place only on success.
@@ -110,6 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--overlays", type=int, default=6, help="overlay PNGs per category (default: 6)")
     _common(demo, "output folder (default: ad_fast_demo)", output_default="ad_fast_demo")
     demo.set_defaults(handler=cmd_demo)
+
+    export = commands.add_parser(
+        "export", help="write a model's inference graph to an ONNX file (MetaUAS)",
+        description="--model CKPT (add --method metauas for an official checkpoint), or --method metauas alone for "
+                    "random initial weights (e.g. to try a runtime)")
+    _model_args(export)
+    export.add_argument("--img-size", type=int, help="input side S of the graph (default: the model's img_size)")
+    export.add_argument("--batch-size", type=int, help="fix the batch axis to N (default: dynamic)")
+    export.add_argument("--opset", type=int, help="ONNX opset, >= 18 (default: 18)")
+    export.add_argument("--output", "-o", required=True, help="the .onnx file to write")
+    export.set_defaults(handler=cmd_export)
     return parser
 
 
@@ -117,14 +128,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (the console script passes it to ``sys.exit``)."""
     args = build_parser().parse_args(argv)
     try:
-        if args.batch_size < 1:
+        if args.batch_size is not None and args.batch_size < 1:
             raise CLIError(f"--batch-size: expected a positive int, got {args.batch_size}")
         args.handler(args)
     except KeyboardInterrupt:
         print(f"ad-fast {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (CLIError, FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, TypeError,
-            RuntimeError) as error:
+            RuntimeError, ImportError) as error:
         print(f"ad-fast {args.command}: error: {error}", file=sys.stderr)
         return EXIT_ERROR
     return EXIT_OK
@@ -433,6 +444,16 @@ def cmd_demo(args: argparse.Namespace) -> None:
               f"{time.perf_counter() - start:.0f} s)\n")
         print(report.to_markdown(), end="")
     print(f"\ntables, plots and overlays -> {output / 'results'}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    model, new = _model(args, "cpu")
+    if not callable(getattr(model, "export_onnx", None)):
+        raise CLIError(f"{args.method or args.model}: this model has no ONNX export (MetaUAS has one)")
+    path = model.export_onnx(args.output, img_size=args.img_size, batch_size=args.batch_size, opset=args.opset)
+    batch = "dynamic batch" if args.batch_size is None else f"batch {args.batch_size}"
+    weights = ", random initial weights" if new else ""
+    print(f"exported {type(model).__name__} ({batch}{weights}) -> {path}")
 
 
 if __name__ == "__main__":  # pragma: no cover

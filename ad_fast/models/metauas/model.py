@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
@@ -24,6 +25,17 @@ if TYPE_CHECKING:
 
 ALIGNED_LEVELS = 3  # F3, F4, F5
 _POOL_PREFIX = "prompt_pool."
+
+
+def check_img_size(img_size: Any) -> None:
+    """Raise ValueError unless ``img_size`` is a positive multiple of 32 (the encoder's total stride)."""
+    if not isinstance(img_size, int) or img_size < 32 or img_size % 32:
+        raise ValueError(f"img_size: expected a positive multiple of 32, got {img_size!r}")
+
+
+def image_scores(maps: torch.Tensor) -> torch.Tensor:
+    """The image score of each map, its maximum: ``[B, 1, S, S]`` → ``[B]``."""
+    return maps.flatten(1).amax(dim=1)
 
 
 @dataclass
@@ -70,8 +82,7 @@ class MetaUAS(nn.Module):
                  padding_version: str = "0.6.3", threshold: float = 0.5, weights: str | os.PathLike | None = None,
                  k: int = 1):
         super().__init__()
-        if not isinstance(img_size, int) or img_size < 32 or img_size % 32:
-            raise ValueError(f"img_size: expected a positive multiple of 32, got {img_size!r}")
+        check_img_size(img_size)
         if not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"threshold: expected a value in [0, 1], got {threshold!r}")
         self.img_size, self.threshold = img_size, float(threshold)
@@ -195,10 +206,10 @@ class MetaUAS(nn.Module):
     def forward_logits(self, query: torch.Tensor, prompt: torch.Tensor | PromptEncoding) -> torch.Tensor:
         """query ``[B, 3, S, S]`` in [0, 1]; prompt ``[B or 1, 3, S, S]`` or its encoding → logits ``[B, 1, S, S]``."""
         encoding = prompt if isinstance(prompt, PromptEncoding) else self.encode_prompt(prompt)
-        batch = query.shape[0]
-        if len(encoding) not in (1, batch):
-            raise ValueError(f"prompt: expected 1 or {batch} prompts (one per query), got {len(encoding)}")
-        if len(encoding) == 1 and batch > 1:
+        batch, prompts = query.shape[0], encoding.pooled.shape[0]
+        if prompts != batch:  # shapes, not len(): a symbolic batch (ONNX export) stays symbolic
+            if prompts != 1:
+                raise ValueError(f"prompt: expected 1 or {batch} prompts (one per query), got {prompts}")
             encoding = PromptEncoding([f.expand(batch, -1, -1, -1) for f in encoding.features],
                                       encoding.pooled.expand(batch, -1))
         return self.decode(self.encode(query), encoding)
@@ -206,6 +217,20 @@ class MetaUAS(nn.Module):
     def forward(self, query: torch.Tensor, prompt: torch.Tensor | PromptEncoding) -> torch.Tensor:
         """The release's forward: anomaly map ``[B, 1, S, S]`` in [0, 1] for query/prompt ``[B, 3, S, S]`` in [0, 1]."""
         return self.forward_logits(query, prompt).sigmoid()
+
+    def export_onnx(self, path: str | os.PathLike, *, img_size: int | None = None, batch_size: int | None = None,
+                    opset: int | None = None) -> Path:
+        """Export :meth:`forward` plus the image score to one ONNX file (needs ``pip install 'ad_fast[onnx]'``).
+
+        Inputs ``query``, ``prompt (float32[B, 3, S, S])`` RGB in [0, 1], one prompt per query (normalisation is in
+        the graph, resizing is not); outputs ``anomaly_map (float32[B, 1, S, S])`` in [0, 1] and ``pred_score
+        (float32[B])`` = map maximum. ``S = img_size`` (default ``self.img_size``); ``batch_size=None`` (default)
+        makes B dynamic; ``opset`` >= 18 (default 18). Soft alignment is traced through its reference math.
+        See :func:`ad_fast.models.metauas.onnx_export.export_onnx`. Returns the written path.
+        """
+        from .onnx_export import export_onnx
+
+        return export_onnx(self, path, img_size=img_size, batch_size=batch_size, opset=opset)
 
     # ---------------------------------------------------------------------------------------------- inference
     def prepare(self, images: ImageInput | Sequence[ImageInput], name: str = "images") -> tuple[torch.Tensor, list[tuple[int, int]]]:
@@ -284,7 +309,7 @@ class MetaUAS(nn.Module):
             encoding = PromptEncoding([f.unsqueeze(0).expand(batch, *f.shape) for f in encoding.features],
                                       encoding.pooled.unsqueeze(0).expand(batch, -1, -1))
         maps = self._mean_map_over_prompts(query_features, encoding)
-        result = AnomalyResult(maps, maps.flatten(1).amax(dim=1), extras=extras).threshold(self.threshold)
+        result = AnomalyResult(maps, image_scores(maps), extras=extras).threshold(self.threshold)
         if resize_to_input:
             if len(set(sizes)) != 1:
                 raise ValueError(f"resize_to_input: the queries have different sizes {sorted(set(sizes))}; "
@@ -312,5 +337,5 @@ class MetaUAS(nn.Module):
         if prompts.shape[0] != queries.shape[0]:
             raise ValueError(f"prompt: expected {queries.shape[0]} prompts (one per query), got {prompts.shape[0]}")
         maps = self(queries, prompts)
-        return AnomalyResult(maps, maps.flatten(1).amax(dim=1)).threshold(self.threshold)
+        return AnomalyResult(maps, image_scores(maps)).threshold(self.threshold)
 
