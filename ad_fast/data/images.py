@@ -51,13 +51,11 @@ def _array_to_chw(array: np.ndarray, name: str) -> torch.Tensor:
         raise ValueError(f"{name}: expected an array [H, W], [H, W, 1|3|4], got shape {tuple(array.shape)}")
     if array.shape[2] == 4:
         array = array[:, :, :3]
-    if array.dtype == np.uint8:
-        tensor = torch.from_numpy(np.ascontiguousarray(array)).float().div_(255.0)
-    elif np.issubdtype(array.dtype, np.floating):
-        tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-    else:
+    if array.dtype != np.uint8 and not np.issubdtype(array.dtype, np.floating):
         raise TypeError(f"{name}: expected a uint8 or float array, got dtype {array.dtype}")
-    return tensor.permute(2, 0, 1)
+    # np.array copies: the caller's array may be read-only (np.asarray of a PIL image), which torch warns about.
+    tensor = torch.from_numpy(np.array(array, dtype=np.float32))
+    return (tensor.div_(255.0) if array.dtype == np.uint8 else tensor).permute(2, 0, 1)
 
 
 def _one_image(item: ImageInput, name: str) -> torch.Tensor:

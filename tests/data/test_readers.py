@@ -186,3 +186,24 @@ def test_image_modes_and_formats(tmp_path, mode, fmt):
         expected = 0.2
     image = read_image(path, size=(4, 4))
     assert image.shape == (3, 4, 4) and torch.allclose(image, torch.full_like(image, expected), atol=0.01)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_read_only_arrays_convert_without_warning_and_stay_untouched(dtype):
+    import warnings
+
+    from ad_fast.data.images import to_image_batch
+
+    rng = np.random.default_rng(0)
+    array = rng.integers(0, 256, (5, 7, 3)).astype(dtype)
+    if dtype == np.float32:
+        array /= 255.0
+    array.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (image,), sizes = to_image_batch(array)
+    expected = array.astype(np.float64) / (255.0 if dtype == np.uint8 else 1.0)
+    np.testing.assert_allclose(image.permute(1, 2, 0).numpy(), expected, rtol=1e-6)
+    image.add_(1.0)  # the tensor owns its memory: writing to it leaves the caller's array as it was
+    np.testing.assert_allclose(array.astype(np.float64) / (255.0 if dtype == np.uint8 else 1.0), expected)
+    assert sizes == [(5, 7)]
