@@ -94,11 +94,10 @@ def train_images() -> dict[str, list[torch.Tensor]]:
     return {"stripes": _generated_images("stripes", 6, 0), "blob": _generated_images("blob", 6, 1)}
 
 
-@pytest.fixture(scope="module")
-def trained(train_images):
-    """(model after a few training steps, normal-region errors before training, history)."""
+def train_briefly(train_images: dict, **options) -> tuple:
+    """(OneNIP(**options) after a few training steps, held-out images, normal-region errors before training, history)."""
     torch.manual_seed(0)
-    model = OneNIP(img_size=SIZE)
+    model = OneNIP(img_size=SIZE, **options)
     _calibrate_backbone_bn(model, train_images["stripes"][:3] + train_images["blob"][:3])
     held_out = {"stripes": _generated_images("stripes", 4, 10), "blob": _generated_images("blob", 4, 11)}
     model.eval()
@@ -106,6 +105,11 @@ def trained(train_images):
     history = model.fit(train_images, epochs=100, max_steps=6, batch_size=2, lr=1e-3, progress=False,
                         calibration_images=4, seed=1)
     return model, held_out, before, history
+
+
+@pytest.fixture(scope="module")
+def trained(train_images):
+    return train_briefly(train_images)
 
 
 # ------------------------------------------------------------------------------------------ neighbour mask

@@ -15,8 +15,8 @@ from ad_fast.models.onenip import OneNIP
 from ad_fast.models.onenip.attention import neighbour_mask
 from ad_fast.models.onenip.reconstruction import Reconstruction
 from ad_fast.models.onenip.transformer import QueryLayer, Transformer
-from test_onenip import (SIZE, _calibrate_backbone_bn, _explicit_attention, _generated_images,
-                         _normal_and_anomalous_errors, _release_state_dict)
+from test_onenip import (SIZE, _explicit_attention, _generated_images, _normal_and_anomalous_errors,
+                         _release_state_dict, train_briefly)
 
 VARIANTS = ["uniad_query", "unidirectional"]
 DIM, HEADS, DEPTH = 32, 4, 3
@@ -117,14 +117,7 @@ def train_images() -> dict[str, list[torch.Tensor]]:
 @pytest.fixture(scope="module", params=VARIANTS)
 def trained(request, train_images):
     """(model of the variant after a few training steps, held-out images, normal-region errors before training)."""
-    torch.manual_seed(0)
-    model = OneNIP(img_size=SIZE, decoder_variant=request.param)
-    _calibrate_backbone_bn(model, train_images["stripes"][:3] + train_images["blob"][:3])
-    held_out = {"stripes": _generated_images("stripes", 4, 10), "blob": _generated_images("blob", 4, 11)}
-    model.eval()
-    before, _ = _normal_and_anomalous_errors(model, held_out, seed=7)
-    history = model.fit(train_images, epochs=100, max_steps=6, batch_size=2, lr=1e-3, progress=False,
-                        calibration_images=4, seed=1)
+    model, held_out, before, history = train_briefly(train_images, decoder_variant=request.param)
     assert all(np.isfinite(history["loss"]))
     return model, held_out, before
 
