@@ -14,12 +14,11 @@ S = 64  # small side keeps the export and the runs fast; the architecture is siz
 ATOL = 1e-4  # onnxruntime vs PyTorch float32 (the PyTorch side runs the compiled soft_align kernel)
 
 
-@pytest.fixture(scope="module")
-def model() -> MetaUAS:
+def _spread_model(**options) -> MetaUAS:
     """A random MetaUAS whose decoder BatchNorm statistics come from random pairs, so that its maps spread over
     [0.1, 0.9] (default statistics give maps within 0.003 of 0.5, which would make the comparison vacuous)."""
     torch.manual_seed(0)
-    m = MetaUAS(img_size=S)
+    m = MetaUAS(img_size=S, **options)
     for module in m.decoder.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.reset_running_stats()
@@ -27,6 +26,11 @@ def model() -> MetaUAS:
     with torch.no_grad():
         m.train()(torch.rand(4, 3, S, S), torch.rand(4, 3, S, S))
     return m.eval()
+
+
+@pytest.fixture(scope="module")
+def model() -> MetaUAS:
+    return _spread_model()
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +74,22 @@ def test_onnxruntime_matches_pytorch_on_a_dynamic_batch(model, exported):
     session = _session(exported)
     errors = [_check_against_pytorch(model, session, batch) for batch in (1, 3)]  # traced at batch 2
     print(f"max abs error, batch 1 / 3: {errors[0]:.2e} / {errors[1]:.2e}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("alignment", ["hard", "none"])
+def test_other_alignments_export_and_match_pytorch(alignment, tmp_path):
+    pytest.importorskip("onnxscript")
+    other = _spread_model(alignment=alignment)
+    if alignment == "hard":
+        # Random reductions with a bias leave the reduced features nearly parallel (best cosines 1 - 1e-7 apart at
+        # the 2x2 level), so float rounding would pick the argmax; zero-mean reductions separate them by > 1e-4.
+        torch.manual_seed(1)
+        for level in other.alignment:
+            torch.nn.init.normal_(level.reduction.weight)
+            torch.nn.init.zeros_(level.reduction.bias)
+    session = _session(other.export_onnx(tmp_path / f"{alignment}.onnx", batch_size=2))
+    _check_against_pytorch(other, session, 2)
 
 
 def test_bad_arguments_raise_errors_naming_them(model, tmp_path):
