@@ -170,14 +170,17 @@ def _options(pairs: Sequence[str]) -> dict[str, Any]:
 def _new_model(method: str, options: dict[str, Any], device: str) -> Any:
     from .models import create_model, get_model_class
 
-    factory = get_model_class(method)
-    try:
-        accepts_device = "device" in inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        accepts_device = False
-    if accepts_device and "device" not in options:
+    if _accepts(get_model_class(method), "device") and "device" not in options:
         options = {**options, "device": device}
     return _to_device(create_model(method, **options), device)
+
+
+def _accepts(function: Any, name: str) -> bool:
+    """Whether ``function`` takes a parameter called ``name`` (not merely ``**kwargs``)."""
+    try:
+        return name in inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _to_device(model: Any, device: str) -> Any:
@@ -195,7 +198,15 @@ def _model(args: argparse.Namespace, device: str) -> tuple[Any, bool]:
     if getattr(args, "model", None):
         if args.option:
             raise CLIError("--option applies to --method, not to a saved --model")
-        options = {"mmap": True} if args.mmap else {}
+        options = {}
+        if args.mmap:
+            from .models import get_model_class, saved_method
+
+            method = args.method or saved_method(args.model)
+            factory = get_model_class(method) if method else None
+            if not _accepts(getattr(factory, "load", None), "mmap"):
+                raise CLIError(f"--mmap: the {method or 'saved'} model has no memory-mapped loading (DMAD has)")
+            options["mmap"] = True
         return _to_device(load_model(args.model, method=args.method, **options), device), False
     if getattr(args, "mmap", False):
         raise CLIError("--mmap applies to a saved --model")
