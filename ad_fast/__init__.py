@@ -1,6 +1,7 @@
 """ad_fast: industrial visual anomaly detection (MetaUAS, OneNIP, DMAD, ReDi) on fused C++/CUDA kernels."""
 
 from . import data, metrics, ops, synthesis
+from .decision import Decision
 from .models import create_model, list_models, load_model, register_model
 from .models.dmad import DMAD
 from .models.metauas import MetaUAS, PromptPool
@@ -13,6 +14,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AnomalyResult",
     "DMAD",
+    "Decision",
     "MetaUAS",
     "OneNIP",
     "PromptPool",

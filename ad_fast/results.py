@@ -19,6 +19,9 @@ class AnomalyResult:
         pred_mask (Tensor[B, 1, H, W], bool) or None: ``anomaly_map >= threshold`` when a threshold is known.
         pred_label (Tensor[B], bool) or None: ``pred_score >= image threshold`` when one is known.
         extras (dict): method-specific intermediate outputs (e.g. the prompt index a query used).
+        raw_score (Tensor[B]) or None: the method's own image score when ``pred_score`` is normalised
+            (see :class:`ad_fast.decision.Decision`).
+        raw_map (Tensor[B, 1, H, W]) or None: the method's own map when ``anomaly_map`` is normalised.
     """
 
     anomaly_map: torch.Tensor
@@ -26,6 +29,8 @@ class AnomalyResult:
     pred_mask: torch.Tensor | None = None
     pred_label: torch.Tensor | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    raw_score: torch.Tensor | None = None
+    raw_map: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.anomaly_map.shape[0])
@@ -43,12 +48,15 @@ class AnomalyResult:
         mask = None
         if self.pred_mask is not None:
             mask = F.interpolate(self.pred_mask.float(), size=size, mode="nearest") > 0.5
-        return AnomalyResult(amap, self.pred_score, mask, self.pred_label, dict(self.extras))
+        raw_map = None
+        if self.raw_map is not None:
+            raw_map = F.interpolate(self.raw_map, size=size, mode="bilinear", align_corners=False)
+        return AnomalyResult(amap, self.pred_score, mask, self.pred_label, dict(self.extras), self.raw_score, raw_map)
 
     def to_numpy(self) -> dict[str, Any]:
         """The fields as NumPy arrays (``None`` where unset)."""
         out: dict[str, Any] = {}
-        for name in ("anomaly_map", "pred_score", "pred_mask", "pred_label"):
+        for name in ("anomaly_map", "pred_score", "pred_mask", "pred_label", "raw_score", "raw_map"):
             value = getattr(self, name)
             out[name] = None if value is None else value.detach().cpu().numpy()
         return out
