@@ -1,0 +1,116 @@
+"""Threshold rules and calibration on data whose answer is known."""
+
+import numpy as np
+import pytest
+import torch
+
+from ad_fast.calibration import calibrate, fit_and_calibrate, split_normals
+from ad_fast.results import AnomalyResult
+from ad_fast.thresholds import f1_threshold, learn_decision, quantile_threshold, shift_threshold
+
+
+def test_quantile_of_a_known_distribution():
+    # 0, 1, ..., 1000: the q-quantile with linear interpolation is exactly 1000 q.
+    values = np.arange(1001, dtype=np.float64)
+    assert quantile_threshold(values, 0.99) == pytest.approx(990.0, abs=1e-9)
+    # Uniform(0, 1) samples: the 0.9 quantile is 0.9 within the sampling error (n = 200k: sd ~ 7e-4).
+    rng = np.random.default_rng(0)
+    assert quantile_threshold(rng.uniform(size=200_000), 0.9) == pytest.approx(0.9, abs=5e-3)
+
+
+def test_f1_threshold_splits_separable_sets_in_the_middle_of_the_gap():
+    assert f1_threshold([1.0, 2.0, 3.0], [5.0, 6.0]) == 4.0
+    # Overlap: {1, 2, 4} normal, {3, 5, 6} anomalous. t = 3 gives TP 3, FP 1 (F1 6/7), t = 5 TP 2, FP 0 (F1 0.8):
+    # the best is at 3, the largest value below it is 2, so the midpoint 2.5.
+    assert f1_threshold([1.0, 2.0, 4.0], [3.0, 5.0, 6.0]) == 2.5
+
+
+def test_sensitivity_moves_the_threshold_along_the_normal_spread():
+    normal = [0.0, 1.0, 2.0, 3.0, 4.0]  # median 2
+    assert shift_threshold(4.0, normal, 0.5) == 4.0
+    assert shift_threshold(4.0, normal, 1.0) == 2.0
+    assert shift_threshold(4.0, normal, 0.0) == 6.0
+    assert shift_threshold(4.0, normal, 0.75) == 3.0
+    with pytest.raises(ValueError, match="sensitivity"):
+        shift_threshold(4.0, normal, 1.5)
+
+
+def test_learn_decision_normals_only_quantiles_and_symmetric_range():
+    scores = torch.arange(101, dtype=torch.float32)  # 0..100: 0.99-quantile 99
+    maps = torch.arange(10_000, dtype=torch.float32).reshape(4, 1, 50, 50) / 10_000  # 0.999-quantile 0.9989001
+    decision = learn_decision(scores, maps)
+    assert decision.source == "normal-quantile"
+    assert decision.image_threshold == pytest.approx(99.0)
+    assert decision.pixel_threshold == pytest.approx(0.9989001, rel=1e-6)  # position 0.999 * 9999 = 9989.001
+    # Range symmetric around the threshold and covering every value: [99 - 99, 99 + 99].
+    assert (decision.image_low, decision.image_high) == pytest.approx((0.0, 198.0))
+    normalised = decision.normalise_score(scores)
+    assert normalised.min() >= 0.0 and normalised.max() <= 0.5 + 1 / 198 + 1e-6
+    assert float(decision.normalise_score(torch.tensor([99.0]))) == 0.5
+
+
+def test_learn_decision_with_labelled_anomalies_uses_f1():
+    normal_maps = torch.zeros(2, 1, 4, 4)
+    normal_maps[:, :, 0, 0] = 1.0  # normal pixels: 0 and 1
+    anomalous_maps = torch.zeros(1, 1, 4, 4)
+    anomalous_maps[0, 0, 2:, 2:] = 3.0
+    masks = anomalous_maps > 0
+    decision = learn_decision(torch.tensor([1.0, 2.0]), normal_maps, torch.tensor([5.0, 7.0]), anomalous_maps, masks)
+    assert decision.source == "f1-labelled"
+    assert decision.image_threshold == 3.5  # midpoint of the gap (2, 5)
+    assert decision.pixel_threshold == 2.0  # midpoint of the gap (1, 3)
+    result = decision.apply(AnomalyResult(anomalous_maps, torch.tensor([6.0])))
+    assert result.pred_label.tolist() == [True] and torch.equal(result.pred_mask, masks)
+
+
+def test_learn_decision_rejects_bad_input():
+    with pytest.raises(ValueError, match="normal_scores"):
+        learn_decision([], torch.zeros(1, 1, 2, 2))
+    with pytest.raises(ValueError, match="anomalous_masks"):
+        learn_decision([1.0], torch.zeros(1, 1, 2, 2), anomalous_maps=torch.zeros(1, 1, 2, 2))
+    with pytest.raises(ValueError, match="NaN"):
+        learn_decision([float("nan")], torch.zeros(1, 1, 2, 2))
+    flat = learn_decision([2.0, 2.0], torch.ones(2, 1, 2, 2))  # all equal: a small non-empty range
+    assert flat.image_high > flat.image_low and flat.image_threshold == 2.0
+
+
+class Brightness:
+    """Map = pixel brightness; score = its max. fit records how many images it saw."""
+
+    decision = None
+
+    def fit(self, images):
+        self.fitted_on = len(images)
+        return self
+
+    def predict(self, images):
+        batch = torch.stack(list(images)) if isinstance(images, list) else images
+        amap = batch.mean(1, keepdim=True)
+        return AnomalyResult(amap, amap.flatten(1).amax(1))
+
+
+def test_split_normals_is_deterministic_and_disjoint():
+    images = torch.rand(10, 3, 4, 4)
+    fit_a, held_a = split_normals(images, 0.2)
+    fit_b, held_b = split_normals(images, 0.2)
+    assert len(fit_a) == 8 and len(held_a) == 2 and torch.equal(held_a, held_b)
+    assert not any(torch.equal(h, f) for h in held_a for f in fit_a)
+    with pytest.raises(ValueError, match="holdout"):
+        split_normals(images[:1])
+
+
+def test_fit_and_calibrate_holds_out_and_decides():
+    images = torch.full((10, 3, 8, 8), 0.2) + torch.linspace(0, 0.1, 10).view(10, 1, 1, 1)
+    model = fit_and_calibrate(Brightness(), images)
+    assert model.fitted_on == 8 and model.decision.source == "normal-quantile"
+    bright = torch.full((1, 3, 8, 8), 0.9)
+    decided = model.decision.apply(model.predict(torch.cat([images[:1], bright])))
+    assert decided.pred_label.tolist() == [False, True]
+
+
+def test_calibrate_with_synthetic_anomalies():
+    torch.manual_seed(0)
+    normal = torch.full((4, 3, 32, 32), 0.5)
+    decision = calibrate(Brightness(), normal, anomalous="synthetic")
+    assert decision.source == "f1-synthetic"
+    assert decision.image_threshold > 0.5  # normal maps are 0.5 everywhere; pasted textures differ
