@@ -244,6 +244,31 @@ def _aupro_thresholded(pos: np.ndarray, regions: np.ndarray, sizes: np.ndarray, 
     return float(np.trapezoid(pro[::-1], fpr[::-1]))  # thresholds descending: FPR and PRO ascending
 
 
+def confusion_metrics(predicted: Any, truth: Any) -> dict[str, float | int | None]:
+    """Counts and rates of a thresholded decision: ``{"TP", "FP", "TN", "FN", "precision", "recall", "FPR", "F1",
+    "accuracy"}``; a rate whose denominator is 0 is ``None`` (e.g. recall with no positive).
+
+    Args:
+        predicted (array/Tensor, any shape): binary decisions (bool or 0/1), True = anomalous.
+        truth (same number of elements): binary ground truth.
+    """
+    predicted, truth = _as_numpy(predicted).reshape(-1), _as_numpy(truth).reshape(-1)
+    if predicted.size != truth.size:
+        raise ValueError(f"predicted and truth: expected the same number of elements, got {predicted.size} and "
+                         f"{truth.size}")
+    predicted, truth = predicted.astype(bool), truth.astype(bool)
+    tp = int(np.count_nonzero(predicted & truth))
+    fp = int(np.count_nonzero(predicted & ~truth))
+    fn = int(np.count_nonzero(~predicted & truth))
+    tn = int(predicted.size - tp - fp - fn)
+
+    def ratio(a: int, b: int) -> float | None:
+        return a / b if b else None
+
+    return {"TP": tp, "FP": fp, "TN": tn, "FN": fn, "precision": ratio(tp, tp + fp), "recall": ratio(tp, tp + fn),
+            "FPR": ratio(fp, fp + tn), "F1": ratio(2 * tp, 2 * tp + fp + fn), "accuracy": ratio(tp + tn, predicted.size)}
+
+
 def image_metrics(scores: Any, labels: Any) -> dict[str, float]:
     """``{"I-AUROC", "I-AP", "I-F1max"}`` for image scores ``[N]`` and labels ``[N]``."""
     m = binary_metrics(scores, labels)

@@ -49,12 +49,49 @@ def test_tables(demo):
     train, test = demo
     report = evaluate(MeanDistanceModel(size=16), test, train, normalize=True, pro_thresholds=50)
     lines = report.to_markdown().splitlines()
-    assert lines[0].startswith("| category | I-AUROC") and lines[-1].startswith("| mean |") and len(lines) == 5
+    assert lines[0] == "Threshold-free metrics (%):" and lines[2].startswith("| category | I-AUROC")
+    assert lines[6].startswith("| mean |")
+    assert "At the learned thresholds" in lines[8] and "held-out normal training images" in lines[8]
+    assert lines[10].startswith("| category | threshold (raw image / pixel) | source | I-precision")
+    assert lines[-1].startswith("| mean |") and len(lines) == 15
     rows = list(csv.DictReader(io.StringIO(report.to_csv())))
     assert [r["category"] for r in rows] == ["brick", "gravel", "mean"]
+    assert rows[0]["threshold_source"] == "normal-quantile" and rows[0]["I-recall"] != ""
     data = json.loads(report.to_json())
     assert set(data) == {"config", "categories", "mean"} and set(METRICS) <= set(data["mean"])
-    assert data["config"]["pro_thresholds"] == 50
+    assert data["config"]["pro_thresholds"] == 50 and data["config"]["holdout"] == 0.2
+
+
+def test_decision_metrics_at_the_learned_threshold(demo, tmp_path):
+    train, test = demo
+    seen = {}
+    report = evaluate(MeanDistanceModel(size=16), test, train, pro=False,
+                      on_category=lambda name, p: seen.setdefault(name, p))
+    for row in report.rows:
+        p = seen[row["category"]]
+        # Independent of the normalisation: the raw score against the raw threshold.
+        ng = p.raw_scores >= row["image_threshold"]
+        assert np.array_equal(ng, p.pred_labels)
+        tp, fp = int((ng & p.labels).sum()), int((ng & ~p.labels).sum())
+        assert (row["I-TP"], row["I-FP"]) == (tp, fp) and row["I-TP"] + row["I-FN"] == 3
+        assert row["I-FPR"] == fp / 2 and row["I-recall"] == tp / 3
+        assert row["P-TP"] + row["P-FN"] == int(p.masks.sum())
+        assert 0.0 <= p.scores.min() and p.scores.max() <= 1.0
+    assert report.mean["I-TP"] == sum(row["I-TP"] for row in report.rows)
+    paths = report.save(tmp_path)
+    images = list(csv.DictReader(io.StringIO(paths["per_image"].read_text())))
+    assert len(images) == 10 and set(images[0]) == {"category", "path", "defect", "label", "raw_score", "score",
+                                                    "decision"}
+    assert {r["decision"] for r in images} <= {"OK", "NG"}
+    assert sum(r["decision"] == "NG" for r in images) == sum(row["I-TP"] + row["I-FP"] for row in report.rows)
+
+
+def test_confusion_metrics_by_hand():
+    m = metrics.confusion_metrics(np.array([1, 1, 0, 0, 1]), np.array([1, 0, 0, 1, 1]))
+    assert (m["TP"], m["FP"], m["TN"], m["FN"]) == (2, 1, 1, 1)
+    assert m["precision"] == 2 / 3 and m["recall"] == 2 / 3 and m["FPR"] == 0.5 and m["accuracy"] == 0.6
+    assert m["F1"] == 2 / 3
+    assert metrics.confusion_metrics(np.zeros(3), np.zeros(3))["recall"] is None
 
 
 class _Constant:
@@ -80,7 +117,7 @@ def test_undefined_metrics_are_none(demo):
     _, test = demo
     report = evaluate(_Constant(), test.subset(label=0))
     assert all(row[k] is None for row in report.rows for k in METRICS)
-    assert "-" in report.to_markdown()
+    assert "-" in report.to_markdown() and "No learned threshold" in report.to_markdown()
 
 
 def test_bad_model_output(demo):
