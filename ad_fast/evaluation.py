@@ -118,8 +118,8 @@ class EvaluationReport:
             return "\n".join(lines) + "\n"
         header = ["category", "threshold (raw image / pixel)", "source", "I-precision", "I-recall", "I-FPR", "I-F1",
                   "I-accuracy", "I TP/FP/TN/FN", "P-precision", "P-recall", "P-FPR", "P-F1"]
-        lines += ["", "At the learned thresholds (normalised score 0.5; learned at fit from held-out normal training "
-                  "images, no test image; %):", "",
+        where = self.config.get("thresholds") or "the model's stored decision"
+        lines += ["", f"At the learned thresholds (normalised score 0.5; {where}, no test image; %):", "",
                   "| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|"]
         for row in [*self.rows, self.mean]:
             thresholds = ("-" if row.get("image_threshold") is None

@@ -1,4 +1,9 @@
-"""Pictures of predictions: anomaly-map overlays, a per-category grid, ROC/PR plots (matplotlib, no GUI backend)."""
+"""Pictures of predictions: anomaly-map overlays, a per-category grid, ROC/PR plots (matplotlib, no GUI backend).
+
+For an inspector, decided predictions are drawn on one shared scale: normalised maps in [0, 1] (the learned
+threshold at 0.5, see :class:`ad_fast.decision.Decision`), a colour bar, each picture captioned with its score and
+OK/NG, and the predicted defect outlined at the learned pixel threshold.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,8 @@ from ._io import atomic_path
 
 PRED_CONTOUR = (255, 255, 255)
 GT_CONTOUR = (0, 255, 0)
+_BAR_WIDTH = 12
+_TEXT_HEIGHT = 12
 
 
 def _numpy(x: Any) -> np.ndarray:
@@ -85,12 +92,51 @@ def overlay(image: Any, anomaly_map: Any, pred_mask: Any = None, gt_mask: Any = 
     return out
 
 
-def save_overlay(path: str | os.PathLike, image: Any, anomaly_map: Any, **kwargs: Any) -> Path:
-    """Write :func:`overlay` as a PNG (atomically); returns the path."""
+def caption(name: str, score: float, label: bool | None) -> str:
+    """``"scratch_003  0.83 NG"``: a picture's name, its score and its OK/NG decision (omitted when undecided)."""
+    return f"{name}  {score:.2f}" + ("" if label is None else (" NG" if label else " OK"))
+
+
+def annotate(picture: np.ndarray, text: str, vmin: float, vmax: float, cmap: str = "jet",
+             footer: str | None = None) -> np.ndarray:
+    """``picture`` ``[H, W, 3]`` uint8 with ``text`` in a band above it, a colour bar for [vmin, vmax] on its right
+    (ticks at both ends and the middle) and an optional ``footer`` line below (e.g. which threshold is drawn)."""
+    from matplotlib import colormaps
+    from PIL import Image, ImageDraw
+
+    height, width = picture.shape[:2]
+    ticks = [f"{v:.3g}" for v in (vmax, (vmin + vmax) / 2, vmin)]
+    draw_probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    tick_width = max(int(draw_probe.textlength(t)) for t in ticks) + 4
+    rows = 2 + (footer is not None)
+    canvas = Image.new("RGB", (width + _BAR_WIDTH + tick_width + 4, height + rows * _TEXT_HEIGHT), "white")
+    canvas.paste(Image.fromarray(picture), (0, _TEXT_HEIGHT))
+    ramp = np.linspace(1.0, 0.0, height)[:, None].repeat(_BAR_WIDTH, 1)
+    bar = (colormaps[cmap](ramp)[..., :3] * 255).round().astype(np.uint8)
+    canvas.paste(Image.fromarray(bar), (width + 2, _TEXT_HEIGHT))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((1, 0), text, fill="black")
+    for tick, y in zip(ticks, (0, height // 2, height - _TEXT_HEIGHT)):
+        draw.text((width + _BAR_WIDTH + 4, _TEXT_HEIGHT + y), tick, fill="black")
+    if footer is not None:
+        draw.text((1, height + _TEXT_HEIGHT), footer, fill="black")
+    return np.asarray(canvas)
+
+
+def save_overlay(path: str | os.PathLike, image: Any, anomaly_map: Any, *, text: str | None = None,
+                 footer: str | None = None, **kwargs: Any) -> Path:
+    """Write :func:`overlay` as a PNG (atomically); returns the path. With ``text``, the picture is
+    :func:`annotate`-d (caption, colour bar over ``vmin``..``vmax``, or the map's range, and ``footer``)."""
     from PIL import Image
 
+    picture = overlay(image, anomaly_map, **kwargs)
+    if text is not None:
+        plane = _plane(anomaly_map, "anomaly_map")
+        vmin = float(plane.min()) if kwargs.get("vmin") is None else kwargs["vmin"]
+        vmax = float(plane.max()) if kwargs.get("vmax") is None else kwargs["vmax"]
+        picture = annotate(picture, text, vmin, vmax, kwargs.get("cmap", "jet"), footer)
     with atomic_path(path) as tmp:
-        Image.fromarray(overlay(image, anomaly_map, **kwargs)).save(tmp, format="PNG")
+        Image.fromarray(picture).save(tmp, format="PNG")
     return Path(path)
 
 
@@ -102,9 +148,12 @@ def _save_figure(figure: Any, path: str | os.PathLike) -> Path:
 
 def category_grid(path: str | os.PathLike, images: Sequence[Any], maps: Sequence[Any],
                   gt_masks: Sequence[Any] | None = None, titles: Sequence[str] | None = None,
-                  vmin: float | None = None, vmax: float | None = None, threshold: float | None = None) -> Path:
+                  vmin: float | None = None, vmax: float | None = None, threshold: float | None = None,
+                  note: str | None = None, cmap: str = "jet") -> Path:
     """A PNG with one column per image: the image (ground truth outlined in green), then the overlay (prediction
-    ``map >= threshold`` outlined in white). Maps share one colour range (default: min/max over all of them)."""
+    ``map >= threshold`` outlined in white), a colour bar, and ``note`` (e.g. where the threshold came from) as the
+    figure title. Maps share one colour range (default: min/max over all of them)."""
+    from matplotlib import cm, colors
     from matplotlib.figure import Figure
 
     if not len(images) or len(images) != len(maps):
@@ -119,11 +168,15 @@ def category_grid(path: str | os.PathLike, images: Sequence[Any], maps: Sequence
         gt = None if gt_masks is None else gt_masks[i]
         pred = None if threshold is None else planes[i] >= threshold
         axes[0, i].imshow(overlay(images[i], planes[i], gt_mask=gt, alpha=0.0, vmin=vmin, vmax=vmax))
-        axes[1, i].imshow(overlay(images[i], planes[i], pred_mask=pred, vmin=vmin, vmax=vmax))
+        axes[1, i].imshow(overlay(images[i], planes[i], pred_mask=pred, vmin=vmin, vmax=vmax, cmap=cmap))
         if titles is not None:
             axes[0, i].set_title(titles[i], fontsize=8)
         for ax in axes[:, i]:
             ax.set_axis_off()
+    scale = cm.ScalarMappable(norm=colors.Normalize(vmin, vmax), cmap=cmap)
+    figure.colorbar(scale, ax=axes[1, :].tolist(), fraction=0.05, pad=0.02)
+    if note:
+        figure.suptitle(note, fontsize=8)
     return _save_figure(figure, path)
 
 
