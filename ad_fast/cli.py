@@ -69,6 +69,9 @@ def _decision_args(parser: argparse.ArgumentParser) -> None:
                              f"(default: {HOLDOUT})")
     parser.add_argument("--sensitivity", type=float, default=DEFAULT_SENSITIVITY,
                         help="0..1, higher flags more images/pixels as NG (default: 0.5, the rule's own thresholds)")
+    parser.add_argument("--calibration-anomalies", choices=("synthetic", "none"), default="synthetic",
+                        help="synthetic: F1 threshold between held-out normals and defects pasted into them "
+                             "(default); none: a high quantile of the held-out normals")
 
 
 def _eval_args(parser: argparse.ArgumentParser) -> None:
@@ -110,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="normal images to learn OK/NG thresholds on first (a model without them, e.g. an "
                               "official checkpoint or MetaUAS with --prompt)")
     predict.add_argument("--sensitivity", type=float, default=0.5, help="with --calibration: 0..1 (default 0.5)")
+    predict.add_argument("--calibration-anomalies", choices=("synthetic", "none"), default="synthetic",
+                         help="with --calibration: as for fit (default: synthetic)")
     _common(predict, "output folder")
     predict.set_defaults(handler=cmd_predict)
 
@@ -324,6 +329,12 @@ def _warn_slow(method: str, options: dict[str, Any]) -> None:
               "shows the ETA); --option mode=memory_bank is training-free", file=sys.stderr)
 
 
+def _calibration_anomalies(args: argparse.Namespace) -> str | None:
+    from .calibration import SYNTHETIC
+
+    return None if getattr(args, "calibration_anomalies", "synthetic") == "none" else SYNTHETIC
+
+
 def cmd_fit(args: argparse.Namespace) -> None:
     from ._io import staged_dir
     from .calibration import fit_and_calibrate
@@ -337,8 +348,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
     seed_everything(args.seed)
     _warn_slow(args.method, options)
     start = time.perf_counter()
-    fit_and_calibrate(model, train, validation=args.validation, holdout=args.holdout, sensitivity=args.sensitivity,
-                      batch_size=args.batch_size)
+    fit_and_calibrate(model, train, validation=args.validation, holdout=args.holdout,
+                      anomalous=_calibration_anomalies(args), sensitivity=args.sensitivity, batch_size=args.batch_size)
     seconds = time.perf_counter() - start
     output = Path(args.output)
     with staged_dir(output.parent, beside=False) as staging:
@@ -441,8 +452,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
         _refuse_untrained(method, _options(args.option))
     predict_kwargs = _prompt_kwargs(args, model, method)
     if args.calibration:
-        calibrate(model, str(_existing_dir(args.calibration, "--calibration")), sensitivity=args.sensitivity,
-                  batch_size=args.batch_size, **predict_kwargs)
+        calibrate(model, str(_existing_dir(args.calibration, "--calibration")), _calibration_anomalies(args),
+                  sensitivity=args.sensitivity, batch_size=args.batch_size, **predict_kwargs)
     decision = getattr(model, "decision", None)
     note = _threshold_note(decision, args.threshold)
     names = _overlay_names(paths)
@@ -552,7 +563,8 @@ def _run_evaluation(args: argparse.Namespace, model: Any, needs_fit: bool, test,
             on_category=lambda name, predictions: _write_visuals(staging, name, predictions,
                                                                 test.subset(category=name), args.overlays),
             progress=not args.no_progress, holdout=getattr(args, "holdout", HOLDOUT),
-            sensitivity=getattr(args, "sensitivity", DEFAULT_SENSITIVITY))
+            sensitivity=getattr(args, "sensitivity", DEFAULT_SENSITIVITY),
+            calibration_anomalies=_calibration_anomalies(args))
         report.config["method"] = getattr(args, "method_name", None) or _method_name(args)
         report.save(staging)
     return report

@@ -28,7 +28,7 @@ import torch
 
 from . import metrics
 from ._io import write_text
-from .calibration import HOLDOUT, decide, fit_and_calibrate
+from .calibration import HOLDOUT, SYNTHETIC, decide, fit_and_calibrate
 from .data.dataset import AnomalyDataset
 from .decision import Decision
 from .results import AnomalyResult
@@ -294,8 +294,8 @@ def evaluate(model: Any, test: AnomalyDataset, train: AnomalyDataset | None = No
              normalize: bool = False, flip_auroc: bool = False, pro: bool = True, fpr_limit: float = 0.3,
              pro_thresholds: int | None = None, seed: int = 0, device: str | None = None,
              on_category: Callable[[str, CategoryPredictions], None] | None = None,
-             progress: bool = False, holdout: float = HOLDOUT,
-             sensitivity: float = DEFAULT_SENSITIVITY) -> EvaluationReport:
+             progress: bool = False, holdout: float = HOLDOUT, sensitivity: float = DEFAULT_SENSITIVITY,
+             calibration_anomalies: str | None = SYNTHETIC) -> EvaluationReport:
     """Evaluate ``model`` per category of ``test``.
 
     Args:
@@ -304,7 +304,8 @@ def evaluate(model: Any, test: AnomalyDataset, train: AnomalyDataset | None = No
             ``decision``, if any, gives the OK/NG metrics). Otherwise, with ``unified=True`` one model is fitted on
             all categories at once; else a fresh copy of ``model`` (``copy.deepcopy`` of the unfitted object) is
             fitted per category; either way a ``holdout`` share of the training images (per category) is kept out
-            of ``fit`` and the decision learned on it with ``sensitivity`` (:mod:`ad_fast.thresholds`).
+            of ``fit`` and the decision learned on it with ``sensitivity`` and ``calibration_anomalies``
+            (``"synthetic"`` or ``None``, see :func:`ad_fast.calibration.calibrate`).
         categories: the categories to evaluate (default: all in ``test``).
         normalize: per-class min-max normalisation of maps and scores before scoring (changes no metric; kept for
             protocol parity and for the stored predictions).
@@ -327,10 +328,12 @@ def evaluate(model: Any, test: AnomalyDataset, train: AnomalyDataset | None = No
               "fpr_limit": fpr_limit, "pro_thresholds": pro_thresholds, "seed": seed, "device": device,
               "model": type(model).__name__, "holdout": holdout if train is not None else None,
               "sensitivity": sensitivity if train is not None else None,
+              "calibration_anomalies": calibration_anomalies if train is not None else None,
               "thresholds": ("learned at fit from the held-out normal training images" if train is not None
                              else "the model's stored decision")}
     fitted, fit_seconds = model, None
-    fit = functools.partial(_fit, device=device, holdout=holdout, sensitivity=sensitivity, batch_size=batch_size)
+    fit = functools.partial(_fit, device=device, holdout=holdout, sensitivity=sensitivity, batch_size=batch_size,
+                            anomalous=calibration_anomalies)
     if train is not None and unified:
         seed_everything(seed)
         fit_seconds = fit(fitted, train)
@@ -359,9 +362,10 @@ def evaluate(model: Any, test: AnomalyDataset, train: AnomalyDataset | None = No
 
 
 def _fit(model: Any, dataset: AnomalyDataset, device: str | None, holdout: float, sensitivity: float,
-         batch_size: int) -> float:
+         batch_size: int, anomalous: str | None) -> float:
     _synchronize(device)
     start = time.perf_counter()
-    fit_and_calibrate(model, dataset, holdout=holdout, sensitivity=sensitivity, batch_size=batch_size)
+    fit_and_calibrate(model, dataset, holdout=holdout, anomalous=anomalous, sensitivity=sensitivity,
+                      batch_size=batch_size)
     _synchronize(device)
     return time.perf_counter() - start

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ad_fast.data import resize_image, to_image_batch
+from ad_fast.decision import Decision
 from ad_fast.models import register_model
 from ad_fast.results import AnomalyResult
 
@@ -18,6 +19,7 @@ class MeanDistanceModel:
         self.size = size
         self.mean: torch.Tensor | None = None
         self.fit_calls = 0
+        self.decision: Decision | None = None
 
     def fit(self, dataset) -> "MeanDistanceModel":
         total, count = torch.zeros(3, self.size, self.size), 0
@@ -29,6 +31,10 @@ class MeanDistanceModel:
         return self
 
     def predict(self, images) -> AnomalyResult:
+        result = self.raw_predict(images)
+        return result if self.decision is None else self.decision.apply(result)
+
+    def raw_predict(self, images) -> AnomalyResult:
         if self.mean is None:
             raise RuntimeError("MeanDistanceModel: call fit() first")
         tensors, _ = to_image_batch(images)
@@ -38,11 +44,13 @@ class MeanDistanceModel:
         return AnomalyResult(amap, amap.flatten(1).amax(1))
 
     def save(self, path) -> None:
-        torch.save({"method": "mean_distance", "size": self.size, "mean": self.mean}, path)
+        decision = None if self.decision is None else self.decision.to_dict()
+        torch.save({"method": "mean_distance", "size": self.size, "mean": self.mean, "decision": decision}, path)
 
     @classmethod
     def load(cls, path) -> "MeanDistanceModel":
         state = torch.load(path, map_location="cpu", weights_only=True)
         model = cls(state["size"])
         model.mean = state["mean"]
+        model.decision = None if state.get("decision") is None else Decision.from_dict(state["decision"])
         return model

@@ -56,7 +56,7 @@ def test_tables(demo):
     assert lines[-1].startswith("| mean |") and len(lines) == 15
     rows = list(csv.DictReader(io.StringIO(report.to_csv())))
     assert [r["category"] for r in rows] == ["brick", "gravel", "mean"]
-    assert rows[0]["threshold_source"] == "normal-quantile" and rows[0]["I-recall"] != ""
+    assert rows[0]["threshold_source"] == "f1-synthetic" and rows[0]["I-recall"] != ""
     data = json.loads(report.to_json())
     assert set(data) == {"config", "categories", "mean"} and set(METRICS) <= set(data["mean"])
     assert data["config"]["pro_thresholds"] == 50 and data["config"]["holdout"] == 0.2
@@ -100,8 +100,8 @@ class _Constant:
 
 
 class _Inverted(MeanDistanceModel):
-    def predict(self, images):
-        result = super().predict(images)
+    def raw_predict(self, images):
+        result = super().raw_predict(images)
         return AnomalyResult(-result.anomaly_map, -result.pred_score)
 
 

@@ -101,7 +101,7 @@ def test_split_normals_is_deterministic_and_disjoint():
 
 def test_fit_and_calibrate_holds_out_and_decides():
     images = torch.full((10, 3, 8, 8), 0.2) + torch.linspace(0, 0.1, 10).view(10, 1, 1, 1)
-    model = fit_and_calibrate(Brightness(), images)
+    model = fit_and_calibrate(Brightness(), images, anomalous=None)
     assert model.fitted_on == 8 and model.decision.source == "normal-quantile"
     bright = torch.full((1, 3, 8, 8), 0.9)
     decided = model.decision.apply(model.predict(torch.cat([images[:1], bright])))
