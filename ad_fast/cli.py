@@ -316,11 +316,12 @@ def _collect_inputs(inputs: Sequence[str]) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------------------------------ commands
-def _refuse_untrained(method: str, options: dict[str, Any]) -> None:
+def _refuse_untrained(method: str | None, options: dict[str, Any]) -> None:
     """MetaUAS learns nothing from normal images (fit builds a prompt pool); without weights it would run random."""
     if method == "metauas" and options.get("weights") is None:
         raise CLIError("metauas: fit builds a prompt pool but trains no network, so without weights it would run on "
-                       "random weights; pass --option weights=metauas-256.ckpt (the authors' release, see README)")
+                       "random weights; pass --option weights=metauas-256.ckpt (the authors' release, see README), "
+                       "or --model FILE")
 
 
 def _warn_slow(method: str, options: dict[str, Any]) -> None:
@@ -382,7 +383,7 @@ def _prompt_kwargs(args: argparse.Namespace, model: Any, method: str | None) -> 
             raise CLIError(f"--prompt/--prompt-pool apply to --method metauas, not {method or 'this model'}")
         return {}
     if args.prompt_pool:
-        model.fit(str(_existing_dir(args.prompt_pool, "--prompt-pool")))
+        model.fit([str(p) for p in _collect_inputs([str(_existing_dir(args.prompt_pool, "--prompt-pool"))])])
         return {}
     if args.prompt:
         return {"prompt": [str(p) for p in args.prompt]}
@@ -448,7 +449,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     paths = _collect_inputs(args.inputs)
     model, needs_fit = _model(args, device)
     method = _method_name(args)
-    if method == "metauas" and needs_fit and args.prompt is None and args.prompt_pool is None:
+    if needs_fit:
         _refuse_untrained(method, _options(args.option))
     predict_kwargs = _prompt_kwargs(args, model, method)
     if args.calibration:
