@@ -25,6 +25,7 @@ import torch
 
 from ... import checkpoints
 
+from ..components.weights import load_state_dict_strict
 from .encoder import STAGE_DEPTHS
 
 FORMAT_NAME = "ad_fast.MetaUAS"
@@ -118,34 +119,10 @@ def is_official_layout(state_dict: Mapping[str, Any]) -> bool:
     return "encoder._conv_stem.weight" in state_dict
 
 
-def load_state_dict_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
-    """``module.load_state_dict(strict=True)`` with one clear ``ValueError`` naming missing/unexpected/misshaped keys."""
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    misshaped = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
-                 for k in expected if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s), e.g. {missing[:5]}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:5]}")
-    if misshaped:
-        problems.append(f"{len(misshaped)} shape mismatch(es), e.g. {misshaped[:3]}")
-    if problems:
-        raise ValueError(f"{source}: checkpoint does not match the model: " + "; ".join(problems))
-    module.load_state_dict(state_dict, strict=True)
-
-
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """Read a checkpoint → (tensors, ad_fast config or ``None`` for a plain/official state_dict); see
     :func:`ad_fast.checkpoints.read_checkpoint` for what is accepted and raised."""
     return checkpoints.read_checkpoint(path, FORMAT_NAME, FORMAT_VERSION)
-
-
-def write_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> None:
-    """Write ad_fast's format: safetensors (``.safetensors`` suffix) or ``torch.save`` of plain tensors + config."""
-    checkpoints.write_checkpoint(path, state_dict, config, FORMAT_NAME, FORMAT_VERSION)
 
 
 def load_encoder_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
