@@ -12,8 +12,9 @@ models that need no fit (MetaUAS with a prompt, release checkpoints loaded from 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,65 +32,60 @@ _SPLIT_SEED = 0
 
 # --------------------------------------------------------------------------------------------- held-out split
 def _holdout_indices(count: int, fraction: float, seed: int) -> list[int]:
-    """``round(fraction · count)`` indices (at least 1, at most ``count - 1``) from a seeded permutation, sorted."""
+    """``round(fraction · count)`` indices (at least 1, at most ``count - 1``; none when ``count < 2``) from a
+    seeded permutation, sorted."""
     if count < 2:
-        raise ValueError(f"holdout: {count} normal image(s) cannot be split into a fit and a calibration share; "
-                         "give at least 2, or pass validation= images")
+        return []
     n = min(max(1, round(fraction * count)), count - 1)
     order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
     return sorted(int(i) for i in order[:n])
 
 
-def _as_list(data: Any) -> list | torch.Tensor:
-    """A folder -> its image paths; a tensor [B, 3, H, W] or list stays indexable; one image -> [image]."""
-    if isinstance(data, (str, os.PathLike)) and Path(data).is_dir():
-        from .data.readers import list_images
-
-        return list_images(Path(data))
-    if isinstance(data, torch.Tensor):
-        return data if data.ndim == 4 else data[None]
-    if isinstance(data, (list, tuple)):
-        return list(data)
-    return [data]
+def _split_list(items: Sequence[Any], fraction: float, seed: int) -> tuple[list, list]:
+    held = set(_holdout_indices(len(items), fraction, seed))
+    return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
 
 
 def split_normals(data: Any, fraction: float = HOLDOUT, seed: int = _SPLIT_SEED) -> tuple[Any, Any]:
-    """Split normal training images into ``(fit_part, held_out)`` deterministically.
+    """Split normal training images into ``(fit_part, held_out)`` deterministically (a seeded permutation).
 
     Args:
         data: an :class:`~ad_fast.data.AnomalyDataset` (its normal records, split per category so each category
-            keeps a calibration share), a folder, a list of images or a tensor ``[B, 3, H, W]``.
-        fraction: share held out, in (0, 1); at least one image on each side.
+            keeps a calibration share), a mapping ``{class: images}`` (split per class), or any image input (a
+            folder, a list, a tensor ``[B, 3, H, W]``).
+        fraction: share held out, in (0, 1); at least one image on each side, none held out from fewer than two.
 
     Returns:
-        two objects of the same kind as ``data`` (a folder gives two lists of paths).
+        ``fit_part`` of the same kind as ``data`` (a dataset, a mapping, else a list of images) and ``held_out``,
+        a list of images (empty when nothing could be held out).
     """
+    from .models.components.inputs import as_item_list
+
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction < 1.0:
         raise ValueError(f"holdout: expected a fraction in (0, 1), got {fraction!r}")
     if isinstance(data, AnomalyDataset):
-        fit_records, held_records = [], []
+        fit_records, held = [], []
         for category in data.categories:
-            records = [r for r in data.records if r.category == category and r.label == 0]
-            held = set(_holdout_indices(len(records), fraction, seed))
-            fit_records += [r for i, r in enumerate(records) if i not in held]
-            held_records += [r for i, r in enumerate(records) if i in held]
-        return (AnomalyDataset(fit_records, data.size, f"{data.name}[fit]"),
-                AnomalyDataset(held_records, data.size, f"{data.name}[calibration]"))
-    items = _as_list(data)
-    held = _holdout_indices(len(items), fraction, seed)
-    kept = [i for i in range(len(items)) if i not in set(held)]
-    if isinstance(items, torch.Tensor):
-        return items[kept], items[held]
-    return [items[i] for i in kept], [items[i] for i in held]
+            kept, out = _split_list([r for r in data.records if r.category == category and r.label == 0],
+                                    fraction, seed)
+            fit_records += kept
+            held += [str(r.image_path) for r in out]
+        return AnomalyDataset(fit_records, data.size, f"{data.name}[fit]"), held
+    if isinstance(data, Mapping):
+        fit_part, held = {}, []
+        for label, images in data.items():
+            fit_part[label], out = _split_list(as_item_list(images, f"data[{label!r}]"), fraction, seed)
+            held += out
+        return fit_part, held
+    return _split_list(as_item_list(data, "data"), fraction, seed)
 
 
 # ------------------------------------------------------------------------------------------------- raw outputs
 def _image_items(data: Any) -> list:
     """Images of ``data`` as a list ``predict`` accepts (a dataset gives its normal images' paths)."""
-    if isinstance(data, AnomalyDataset):
-        return [str(r.image_path) for r in data.records if r.label == 0]
-    items = _as_list(data)
-    return list(items.unbind(0)) if isinstance(items, torch.Tensor) else items
+    from .models.components.inputs import normal_images
+
+    return [str(x) if isinstance(x, Path) else x for x in normal_images(data, "images")[0]]
 
 
 def raw_outputs(model: Any, images: Sequence[Any], batch_size: int = 16,
@@ -189,21 +185,37 @@ def calibrate(model: Any, normal_images: Any, anomalous: Any = SYNTHETIC, sensit
 
 def fit_and_calibrate(model: Any, data: Any, validation: Any = None, holdout: float = HOLDOUT,
                       anomalous: Any = SYNTHETIC, sensitivity: float = DEFAULT_SENSITIVITY, batch_size: int = 16,
-                      **fit_kwargs: Any) -> Any:
-    """``model.fit`` on the normal images minus a held-out share, then :func:`calibrate` on that share.
+                      fit: Callable[..., Any] | None = None, **fit_kwargs: Any) -> Any:
+    """Fit on the normal images minus a held-out share, then :func:`calibrate` on that share.
+
+    An :class:`ad_fast.models.Detector` does this in its own ``fit`` (this function then just calls it); for any
+    other model ``fit`` defaults to ``model.fit``.
 
     Args:
-        data: what ``model.fit`` takes (a dataset, a folder, a list of images, a tensor).
-        validation: normal images to calibrate on instead; then ``model.fit`` sees all of ``data``.
-        holdout: share of ``data`` held out when ``validation`` is ``None`` (deterministic, per category).
-        anomalous, sensitivity: as :func:`calibrate`.
+        data: what ``model.fit`` takes (a dataset, a mapping, a folder, a list of images, a tensor).
+        validation: normal images to calibrate on instead; then the model is fitted on all of ``data``.
+        holdout: share of ``data`` held out when ``validation`` is ``None`` (deterministic, per category). With
+            fewer than two normal images nothing is held out and no decision is learned (a warning says so).
+        anomalous, sensitivity, batch_size: as :func:`calibrate`.
+        fit: the fitting function called with ``(fit_part, **fit_kwargs)``.
 
     Returns:
-        ``model`` (fitted, ``model.decision`` set).
+        ``model`` (fitted; ``model.decision`` set, or ``None`` when nothing could be held out).
     """
+    from .models.base import Detector
+
+    if fit is None and isinstance(model, Detector):
+        return model.fit(data, validation=validation, holdout=holdout, calibration_anomalies=anomalous,
+                         sensitivity=sensitivity, **fit_kwargs)
+    fit = fit or model.fit
+    model.decision = None
     if validation is None:
         data, validation = split_normals(data, holdout)
-    model.fit(data, **fit_kwargs)
+    fit(data, **fit_kwargs)
+    if isinstance(validation, list) and not validation:
+        warnings.warn("holdout: fewer than two normal images, none held out for calibration; the model makes no "
+                      "OK/NG decision (give more images, or validation=, or calibrate it later)", stacklevel=2)
+        return model
     calibrate(model, validation, anomalous, sensitivity, batch_size)
     return model
 

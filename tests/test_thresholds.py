@@ -93,10 +93,14 @@ def test_split_normals_is_deterministic_and_disjoint():
     images = torch.rand(10, 3, 4, 4)
     fit_a, held_a = split_normals(images, 0.2)
     fit_b, held_b = split_normals(images, 0.2)
-    assert len(fit_a) == 8 and len(held_a) == 2 and torch.equal(held_a, held_b)
+    assert len(fit_a) == 8 and len(held_a) == 2 and torch.equal(torch.stack(held_a), torch.stack(held_b))
     assert not any(torch.equal(h, f) for h in held_a for f in fit_a)
+    fit_one, held_one = split_normals(images[:1])
+    assert len(fit_one) == 1 and held_one == []  # nothing held out from a single image
+    by_class = split_normals({"a": list(images[:5]), "b": list(images[5:])}, 0.2)
+    assert [len(v) for v in by_class[0].values()] == [4, 4] and len(by_class[1]) == 2
     with pytest.raises(ValueError, match="holdout"):
-        split_normals(images[:1])
+        split_normals(images, 1.0)
 
 
 def test_fit_and_calibrate_holds_out_and_decides():

@@ -30,7 +30,9 @@ from torch import nn
 
 from ..checkpoints import read_safetensors, write_safetensors
 from ..data.images import ImageInput
+from ..calibration import HOLDOUT, SYNTHETIC
 from ..decision import Decision
+from ..thresholds import DEFAULT_SENSITIVITY
 from ..results import AnomalyResult
 from .components.inputs import as_item_list
 from .registry import get_model_class
@@ -114,11 +116,42 @@ class Detector(nn.Module):
             raise ValueError(f"config: unknown key(s) {unknown} for method {cls.method!r} (known: {sorted(known)})")
         return cls.Config(**data)
 
-    def fit(self, data: Any, **options: Any) -> "Detector":
-        """Fit on normal images: a folder (recursive), image paths, PIL images, arrays, tensors or an
-        ``ad_fast.data`` dataset (its normal images); ``options`` are the method's. Returns ``self``."""
-        self._fit(data, **options)
+    def fit(self, data: Any, *, validation: Any = None, holdout: float = HOLDOUT,
+            calibration_anomalies: Any = SYNTHETIC, sensitivity: float = DEFAULT_SENSITIVITY,
+            **options: Any) -> "Detector":
+        """Fit on normal images and learn the OK/NG decision on images the fit did not see. Returns ``self``.
+
+        Args:
+            data: a folder (recursive), image paths, PIL images, arrays, tensors, a mapping ``{class: images}`` or
+                an ``ad_fast.data`` dataset (its normal images).
+            validation: normal images to learn the thresholds on; ``None``: a deterministic ``holdout`` share of
+                ``data`` (per class) is kept out of the fit for that (none from fewer than two images: then no
+                decision, with a warning).
+            calibration_anomalies, sensitivity: how thresholds are learned (:meth:`calibrate`).
+            options: the method's own fit options.
+        """
+        from ..calibration import fit_and_calibrate
+
+        fit_and_calibrate(self, data, validation, holdout, calibration_anomalies, sensitivity,
+                          self.default_batch_size, fit=self._fit, **options)
         return self
+
+    def calibrate(self, normal_images: Any, anomalous: Any = SYNTHETIC, sensitivity: float = DEFAULT_SENSITIVITY,
+                  batch_size: int | None = None, **options: Any) -> Decision:
+        """Learn :attr:`decision` from normal images the model was not fitted on: for a model that needs no fit
+        (MetaUAS with a ``prompt=`` option, a release checkpoint loaded from disk) or to re-learn it.
+
+        Args:
+            normal_images: any image input, or a dataset (its normal images).
+            anomalous: ``"synthetic"`` (defects pasted into the normal images), ``None`` (a quantile of the normals)
+                or labelled anomalies ``(images, masks)`` (see :func:`ad_fast.calibration.calibrate`).
+            sensitivity: in [0, 1], higher flags more (:mod:`ad_fast.thresholds`).
+            options: predict options used while calibrating (e.g. MetaUAS's ``prompt``).
+        """
+        from ..calibration import calibrate
+
+        return calibrate(self, normal_images, anomalous, sensitivity, batch_size or self.default_batch_size,
+                         **options)
 
     def predict_iter(self, images: ImageInput | Sequence[ImageInput], batch_size: int | None = None, *,
                      result_device: str | torch.device = "cpu", **options: Any) -> Iterator[AnomalyResult]:
@@ -149,7 +182,7 @@ class Detector(nn.Module):
         """Anomaly maps ``[B, 1, H, W]`` and scores ``[B]`` of all ``images``: the results of
         :meth:`predict_iter` joined (maps of batches that differ in size are resized to the method's
         working size, see ``_common_size``)."""
-        parts = list(self.predict_iter(images, batch_size, result_device=result_device, **options))
+        parts = list(self.predict_iter(images, batch_size=batch_size, result_device=result_device, **options))
         return concat_results(parts, self._common_size)
 
     @property

@@ -130,7 +130,10 @@ def test_to_moves_everything_the_model_holds(fitted):
 
 
 def test_decision_is_applied_and_kept_in_the_model_file(fitted, folder, tmp_path):
-    raw = fitted.predict(folder)
+    assert fitted.decision is not None  # learned at fit on held-out images
+    undecided = copy.deepcopy(fitted)
+    undecided.decision = None
+    raw = undecided.predict(folder)
     threshold = float(raw.pred_score.median())
     low, high = float(raw.anomaly_map.min()), float(raw.anomaly_map.max()) + 1.0
     decision = Decision(threshold, threshold, threshold - 1.0, threshold + 1.0, low, high, source="user")

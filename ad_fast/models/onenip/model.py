@@ -248,8 +248,8 @@ class OneNIP(Detector):
                                                   "prompt_label": [self.prompt_labels[i] for i in index.tolist()]}
 
     @torch.inference_mode()
-    def calibrate(self, images: ImageInput | Sequence[ImageInput], labels: Sequence[str | None] | None = None,
-                  batch_size: int = 16) -> float:
+    def calibrate_kappa(self, images: ImageInput | Sequence[ImageInput], labels: Sequence[str | None] | None = None,
+                        batch_size: int = 16) -> float:
         """Set ``kappa`` = mid-range of S_rec over ``images`` (prompts from the pool, restricted to each image's
         class when ``labels`` are given); returns it.
 
@@ -295,7 +295,7 @@ class OneNIP(Detector):
         """
         kappa = self.kappa if kappa is None else float(kappa)
         if kappa is None:
-            raise ValueError("kappa: the model is not calibrated; call calibrate(normal_images) or pass kappa=")
+            raise ValueError("kappa: the model is not calibrated; call calibrate_kappa(normal_images) or pass kappa=")
         self.eval()
         queries, sizes = self.prepare(images, "images")
         features = self.extract(queries)

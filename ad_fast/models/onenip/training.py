@@ -350,4 +350,4 @@ def _build_pool_and_calibrate(model: torch.nn.Module, images: Mapping[str, Seque
         calib += [(items[i], label) for i in range(len(items))]
     model.set_prompts(pool, pool_labels, batch_size=opts.batch_size)
     chosen = rng.permutation(len(calib))[:opts.calibration_images]
-    model.calibrate([calib[i][0] for i in chosen], [calib[i][1] for i in chosen], batch_size=opts.batch_size)
+    model.calibrate_kappa([calib[i][0] for i in chosen], [calib[i][1] for i in chosen], batch_size=opts.batch_size)
