@@ -184,8 +184,9 @@ def calibrate(model: Any, normal_images: Any, anomalous: Any = SYNTHETIC, sensit
 
 
 def fit_and_calibrate(model: Any, data: Any, validation: Any = None, holdout: float = HOLDOUT,
-                      anomalous: Any = SYNTHETIC, sensitivity: float = DEFAULT_SENSITIVITY, batch_size: int = 16,
-                      fit: Callable[..., Any] | None = None, **fit_kwargs: Any) -> Any:
+                      anomalous: Any = SYNTHETIC, sensitivity: float = DEFAULT_SENSITIVITY,
+                      calibration_batch_size: int = 16, fit: Callable[..., Any] | None = None,
+                      **fit_kwargs: Any) -> Any:
     """Fit on the normal images minus a held-out share, then :func:`calibrate` on that share.
 
     An :class:`ad_fast.models.Detector` does this in its own ``fit`` (this function then just calls it); for any
@@ -196,7 +197,7 @@ def fit_and_calibrate(model: Any, data: Any, validation: Any = None, holdout: fl
         validation: normal images to calibrate on instead; then the model is fitted on all of ``data``.
         holdout: share of ``data`` held out when ``validation`` is ``None`` (deterministic, per category). With
             fewer than two normal images nothing is held out and no decision is learned (a warning says so).
-        anomalous, sensitivity, batch_size: as :func:`calibrate`.
+        anomalous, sensitivity: as :func:`calibrate`; calibration_batch_size: its ``batch_size``.
         fit: the fitting function called with ``(fit_part, **fit_kwargs)``.
 
     Returns:
@@ -216,7 +217,7 @@ def fit_and_calibrate(model: Any, data: Any, validation: Any = None, holdout: fl
         warnings.warn("holdout: fewer than two normal images, none held out for calibration; the model makes no "
                       "OK/NG decision (give more images, or validation=, or calibrate it later)", stacklevel=2)
         return model
-    calibrate(model, validation, anomalous, sensitivity, batch_size)
+    calibrate(model, validation, anomalous, sensitivity, calibration_batch_size)
     return model
 
 

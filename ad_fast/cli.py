@@ -350,7 +350,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
     _warn_slow(args.method, options)
     start = time.perf_counter()
     fit_and_calibrate(model, train, validation=args.validation, holdout=args.holdout,
-                      anomalous=_calibration_anomalies(args), sensitivity=args.sensitivity, batch_size=args.batch_size)
+                      anomalous=_calibration_anomalies(args), sensitivity=args.sensitivity,
+                      calibration_batch_size=args.batch_size)
     seconds = time.perf_counter() - start
     output = Path(args.output)
     with staged_dir(output.parent, beside=False) as staging:

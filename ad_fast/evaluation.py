@@ -366,6 +366,6 @@ def _fit(model: Any, dataset: AnomalyDataset, device: str | None, holdout: float
     _synchronize(device)
     start = time.perf_counter()
     fit_and_calibrate(model, dataset, holdout=holdout, anomalous=anomalous, sensitivity=sensitivity,
-                      batch_size=batch_size)
+                      calibration_batch_size=batch_size)
     _synchronize(device)
     return time.perf_counter() - start

@@ -133,7 +133,7 @@ class Detector(nn.Module):
         from ..calibration import fit_and_calibrate
 
         fit_and_calibrate(self, data, validation, holdout, calibration_anomalies, sensitivity,
-                          self.default_batch_size, fit=self._fit, **options)
+                          calibration_batch_size=self.default_batch_size, fit=self._fit, **options)
         return self
 
     def calibrate(self, normal_images: Any, anomalous: Any = SYNTHETIC, sensitivity: float = DEFAULT_SENSITIVITY,
