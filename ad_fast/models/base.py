@@ -149,7 +149,7 @@ class Detector(nn.Module):
         """Anomaly maps ``[B, 1, H, W]`` and scores ``[B]`` of all ``images``: the results of
         :meth:`predict_iter` joined (maps of batches that differ in size are resized to the method's
         working size, see ``_common_size``)."""
-        parts = list(self.predict_iter(images, batch_size, result_device=result_device, **options))
+        parts = list(self.predict_iter(images, batch_size=batch_size, result_device=result_device, **options))
         return concat_results(parts, self._common_size)
 
     @property
