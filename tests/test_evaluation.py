@@ -100,8 +100,8 @@ class _Constant:
 
 
 class _Inverted(MeanDistanceModel):
-    def raw_predict(self, images):
-        result = super().raw_predict(images)
+    def _predict_batch(self, items):
+        result = super()._predict_batch(items)
         return AnomalyResult(-result.anomaly_map, -result.pred_score)
 
 

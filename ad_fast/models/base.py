@@ -28,6 +28,7 @@ from typing import Any, ClassVar, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
+from .._version import __version__
 from ..checkpoints import read_safetensors, write_safetensors
 from ..data.images import ImageInput
 from ..calibration import HOLDOUT, SYNTHETIC
@@ -194,8 +195,6 @@ class Detector(nn.Module):
     def save(self, path: str | os.PathLike, **options: Any) -> None:
         """Write the model file (see the module docstring) atomically; ``options`` are the method's storage
         options (e.g. DMAD's ``bank_dtype``)."""
-        from .. import __version__
-
         tensors, state = self._state(**options)
         metadata = {"method": self.method, "format_version": str(FORMAT_VERSION),
                     "config": json.dumps(asdict(self.config)), "ad_fast_version": __version__,

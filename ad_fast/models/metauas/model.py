@@ -21,7 +21,7 @@ from . import weights
 from .alignment import FeatureAlignment
 from .config import MetaUASConfig, check_img_size
 from .decoder import DECODER_CHANNELS, UnetDecoder
-from .encoder import LEVEL_CHANNELS, EfficientNetB4Encoder
+from ..components.efficientnet_b4 import LEVEL_CHANNELS, EfficientNetB4Encoder
 from .encoding import PromptEncoding, image_scores
 from .pool import PromptPool
 from .preprocess import prepare_images
