@@ -189,8 +189,8 @@ def fit_and_calibrate(model: Any, data: Any, validation: Any = None, holdout: fl
                       **fit_kwargs: Any) -> Any:
     """Fit on the normal images minus a held-out share, then :func:`calibrate` on that share.
 
-    An :class:`ad_fast.models.Detector` does this in its own ``fit`` (this function then just calls it); for any
-    other model ``fit`` defaults to ``model.fit``.
+    :meth:`ad_fast.models.Detector.fit` runs this with its ``_fit``; for any other model ``fit`` defaults to
+    ``model.fit`` (:func:`ad_fast.evaluation.fit_with_decision` picks the right one).
 
     Args:
         data: what ``model.fit`` takes (a dataset, a mapping, a folder, a list of images, a tensor).
@@ -203,11 +203,6 @@ def fit_and_calibrate(model: Any, data: Any, validation: Any = None, holdout: fl
     Returns:
         ``model`` (fitted; ``model.decision`` set, or ``None`` when nothing could be held out).
     """
-    from .models.base import Detector
-
-    if fit is None and isinstance(model, Detector):
-        return model.fit(data, validation=validation, holdout=holdout, calibration_anomalies=anomalous,
-                         sensitivity=sensitivity, **fit_kwargs)
     fit = fit or model.fit
     model.decision = None
     if validation is None:

@@ -312,8 +312,7 @@ def _calibration_anomalies(args: argparse.Namespace) -> str | None:
 
 def cmd_fit(args: argparse.Namespace) -> None:
     from ._io import staged_dir
-    from .calibration import fit_and_calibrate
-    from .evaluation import seed_everything
+    from .evaluation import fit_with_decision, seed_everything
 
     device = _device(args.device)
     options = _options(args.option)
@@ -323,9 +322,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
     seed_everything(args.seed)
     _warn_slow(args.method, options)
     start = time.perf_counter()
-    fit_and_calibrate(model, train, validation=args.validation, holdout=args.holdout,
-                      anomalous=_calibration_anomalies(args), sensitivity=args.sensitivity,
-                      calibration_batch_size=args.batch_size)
+    fit_with_decision(model, train, args.validation, args.holdout, _calibration_anomalies(args), args.sensitivity,
+                      args.batch_size)
     seconds = time.perf_counter() - start
     output = Path(args.output)
     with staged_dir(output.parent, beside=False) as staging:

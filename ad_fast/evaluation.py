@@ -361,11 +361,24 @@ def evaluate(model: Any, test: AnomalyDataset, train: AnomalyDataset | None = No
     return report
 
 
+def fit_with_decision(model: Any, data: Any, validation: Any = None, holdout: float = HOLDOUT,
+                      anomalous: Any = SYNTHETIC, sensitivity: float = DEFAULT_SENSITIVITY,
+                      batch_size: int = 16) -> Any:
+    """Fit ``model`` and learn its OK/NG decision on held-out normals (or ``validation``): a
+    :class:`~ad_fast.models.Detector` through its own ``fit``, any other model through
+    :func:`ad_fast.calibration.fit_and_calibrate`. Returns ``model``."""
+    from .models.base import Detector
+
+    if isinstance(model, Detector):
+        return model.fit(data, validation=validation, holdout=holdout, calibration_anomalies=anomalous,
+                         sensitivity=sensitivity)
+    return fit_and_calibrate(model, data, validation, holdout, anomalous, sensitivity, batch_size)
+
+
 def _fit(model: Any, dataset: AnomalyDataset, device: str | None, holdout: float, sensitivity: float,
          batch_size: int, anomalous: str | None) -> float:
     _synchronize(device)
     start = time.perf_counter()
-    fit_and_calibrate(model, dataset, holdout=holdout, anomalous=anomalous, sensitivity=sensitivity,
-                      calibration_batch_size=batch_size)
+    fit_with_decision(model, dataset, None, holdout, anomalous, sensitivity, batch_size)
     _synchronize(device)
     return time.perf_counter() - start
