@@ -94,3 +94,17 @@ def test_folder_layout_with_mvtec_format_suggests_folder(tmp_path, data, capsys)
 def test_demo_readme_names_only_generated_categories(data):
     readme = (data / "README.txt").read_text()
     assert "brick" in readme and "grass" not in readme and "gravel" not in readme
+
+
+def test_release_checkpoint_without_image_size_is_not_run_at_256(tmp_path):
+    import torch
+
+    from ad_fast import MetaUAS
+
+    official = MetaUAS(img_size=32).official_state_dict()
+    torch.save(official, tmp_path / "weights.ckpt")
+    with pytest.raises(ValueError, match="records no image size"):
+        MetaUAS.from_pretrained(tmp_path / "weights.ckpt")
+    assert MetaUAS.from_pretrained(tmp_path / "weights.ckpt", img_size=64).img_size == 64
+    torch.save(official, tmp_path / "metauas-512.ckpt")  # the release's name says its size
+    assert MetaUAS.from_pretrained(tmp_path / "metauas-512.ckpt").img_size == 512

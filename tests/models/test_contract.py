@@ -130,7 +130,10 @@ def test_to_moves_everything_the_model_holds(fitted):
 
 
 def test_decision_is_applied_and_kept_in_the_model_file(fitted, folder, tmp_path):
-    assert fitted.decision is not None  # learned at fit on held-out images
+    assert fitted.decision is not None  # learned at fit on held-out images, so predict decides by default
+    learned = fitted.predict(folder)
+    assert learned.pred_label.shape == (N_IMAGES,) and learned.pred_mask.shape == learned.anomaly_map.shape
+    assert learned.pred_mask.dtype == torch.bool and learned.raw_score is not None
     undecided = copy.deepcopy(fitted)
     undecided.decision = None
     raw = undecided.predict(folder)

@@ -30,6 +30,18 @@ ALIGNED_LEVELS = 3  # F3, F4, F5
 _POOL_PREFIX = "prompt_pool."
 
 
+def _release_img_size(path: str | os.PathLike) -> int:
+    """The side an official checkpoint was trained at, from its release name (``metauas-256.ckpt`` /
+    ``metauas-512.ckpt``); the file itself records none, so any other name must be told ``img_size``."""
+    import re
+
+    match = re.fullmatch(r"metauas-(256|512)\.ckpt", Path(path).name)
+    if match is None:
+        raise ValueError(f"img_size: {str(path)!r} records no image size; pass img_size= the side it was trained at "
+                         "(256 for the release's metauas-256.ckpt, 512 for metauas-512.ckpt)")
+    return int(match.group(1))
+
+
 @register_model("metauas")
 class MetaUAS(Detector):
     """MetaUAS (Gao, NeurIPS 2024) with the official release's architecture, numerics and checkpoint layout.
@@ -147,6 +159,8 @@ class MetaUAS(Detector):
         config.pop("method", None)
         pool_meta = config.pop("prompt_pool", None)
         config.update(overrides)
+        if "img_size" not in config:
+            config["img_size"] = _release_img_size(path)
         model = cls(**config)
         if weights.is_official_layout(state_dict):
             model.load_official_state_dict(state_dict)
