@@ -41,3 +41,23 @@ def test_files(tmp_path):
         assert Image.open(p).size[0] > 0
     assert Image.open(path).size == (16, 16)
     assert sorted(q.name for q in tmp_path.rglob("*") if q.is_file()) == ["grid.png", "o.png", "roc.png"]
+
+
+def test_annotated_overlay_has_caption_band_colour_bar_and_shared_scale(tmp_path):
+    from matplotlib import colormaps
+
+    image = torch.full((3, 40, 40), 0.5)
+    low, high = torch.full((1, 40, 40), 0.2), torch.full((1, 40, 40), 0.4)
+    paths = [visualize.save_overlay(tmp_path / f"{n}.png", image, m, vmin=0.0, vmax=1.0, alpha=1.0,
+                                    text=visualize.caption(n, float(m.max()), n == "b"), footer="thr 0.5")
+             for n, m in (("a", low), ("b", high))]
+    a, b = (np.asarray(Image.open(p)) for p in paths)
+    assert a.shape[0] == 40 + 3 * 12 and a.shape[1] > 40  # caption + footer bands, colour bar on the right
+    # One shared scale: each map's colour is the colormap at its own value, not stretched to its own range.
+    expected = (np.array(colormaps["jet"](0.2)[:3]) * 255).round()
+    assert np.abs(a[12 + 20, 20].astype(float) - expected).max() <= 1
+    assert not np.array_equal(a[12 + 20, 20], b[12 + 20, 20])
+    top = (np.array(colormaps["jet"](1.0)[:3]) * 255).round()
+    assert np.abs(a[12, 42].astype(float) - top).max() <= 1  # colour bar: the top is the scale's maximum
+    assert visualize.caption("scratch_003", 0.834, True) == "scratch_003  0.83 NG"
+    assert visualize.caption("good_000", 0.1, None) == "good_000  0.10"
