@@ -288,7 +288,7 @@ class OneNIP(Detector):
         """
         kappa = self.kappa if kappa is None else float(kappa)
         if kappa is None:
-            raise ValueError("kappa: the model is not calibrated; call calibrate(normal_images) or pass kappa=")
+            raise ValueError("kappa: the model is not calibrated; fit() it, call calibrate(normal_images) or pass kappa=")
         self.eval()
         queries, sizes = self.prepare(images, "images")
         features = self.extract(queries)
