@@ -352,9 +352,9 @@ def _prompt_kwargs(args: argparse.Namespace, model: Any, method: str | None) -> 
     if args.prompt and args.prompt_pool:
         raise CLIError("--prompt and --prompt-pool: give one of them")
     if method != "metauas":
-        if args.prompt or args.prompt_pool:
-            raise CLIError(f"--prompt/--prompt-pool apply to --method metauas, not {method or 'this model'}")
-        return {}
+        if args.prompt_pool:
+            raise CLIError(f"--prompt-pool applies to --method metauas, not {method or 'this model'}")
+        return {"prompt": [str(p) for p in args.prompt]} if args.prompt else {}  # e.g. OneNIP's own prompt
     if args.prompt_pool:
         model.fit([str(p) for p in _collect_inputs([str(_existing_dir(args.prompt_pool, "--prompt-pool"))])])
         return {}
