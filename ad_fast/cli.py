@@ -224,6 +224,14 @@ def _new_model(method: str, options: dict[str, Any], device: str, progress: bool
     return _quiet(model, progress).to(device)
 
 
+# Methods whose training bars are switched by a fit option (DMAD's follow its ``progress`` attribute, see _quiet).
+FIT_PROGRESS_METHODS = ("onenip", "redi")
+
+
+def _fit_progress(method: str, progress: bool) -> dict[str, bool]:
+    return {"progress": progress} if method in FIT_PROGRESS_METHODS else {}
+
+
 def _quiet(model: Any, progress: bool) -> Any:
     """The models' own progress bars follow --no-progress (methods that have them keep a ``progress`` flag)."""
     if hasattr(model, "progress"):
@@ -323,7 +331,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
     _warn_slow(args.method, options)
     start = time.perf_counter()
     fit_with_decision(model, train, args.validation, args.holdout, _calibration_anomalies(args), args.sensitivity,
-                      args.batch_size)
+                      args.batch_size, **_fit_progress(args.method, not args.no_progress))
     seconds = time.perf_counter() - start
     output = Path(args.output)
     with staged_dir(output.parent, beside=False) as staging:

@@ -363,16 +363,16 @@ def evaluate(model: Any, test: AnomalyDataset, train: AnomalyDataset | None = No
 
 def fit_with_decision(model: Any, data: Any, validation: Any = None, holdout: float = HOLDOUT,
                       anomalous: Any = SYNTHETIC, sensitivity: float = DEFAULT_SENSITIVITY,
-                      batch_size: int = 16) -> Any:
-    """Fit ``model`` and learn its OK/NG decision on held-out normals (or ``validation``): a
-    :class:`~ad_fast.models.Detector` through its own ``fit``, any other model through
+                      batch_size: int = 16, **fit_options: Any) -> Any:
+    """Fit ``model`` (with the method's ``fit_options``) and learn its OK/NG decision on held-out normals (or
+    ``validation``): a :class:`~ad_fast.models.Detector` through its own ``fit``, any other model through
     :func:`ad_fast.calibration.fit_and_calibrate`. Returns ``model``."""
     from .models.base import Detector
 
     if isinstance(model, Detector):
         return model.fit(data, validation=validation, holdout=holdout, calibration_anomalies=anomalous,
-                         sensitivity=sensitivity)
-    return fit_and_calibrate(model, data, validation, holdout, anomalous, sensitivity, batch_size)
+                         sensitivity=sensitivity, **fit_options)
+    return fit_and_calibrate(model, data, validation, holdout, anomalous, sensitivity, batch_size, **fit_options)
 
 
 def _fit(model: Any, dataset: AnomalyDataset, device: str | None, holdout: float, sensitivity: float,
