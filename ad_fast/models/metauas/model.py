@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -33,8 +34,6 @@ _POOL_PREFIX = "prompt_pool."
 def _release_img_size(path: str | os.PathLike) -> int:
     """The side an official checkpoint was trained at, from its release name (``metauas-256.ckpt`` /
     ``metauas-512.ckpt``); the file itself records none, so any other name must be told ``img_size``."""
-    import re
-
     match = re.fullmatch(r"metauas-(256|512)\.ckpt", Path(path).name)
     if match is None:
         raise ValueError(f"img_size: {str(path)!r} records no image size; pass img_size= the side it was trained at "
