@@ -56,8 +56,9 @@ def split_normals(data: Any, fraction: float = HOLDOUT, seed: int = _SPLIT_SEED)
         fraction: share held out, in (0, 1); at least one image on each side, none held out from fewer than two.
 
     Returns:
-        ``fit_part`` of the same kind as ``data`` (a dataset, a mapping, else a list of images) and ``held_out``,
-        a list of images (empty when nothing could be held out).
+        ``fit_part`` of the same kind as ``data`` (a dataset, a mapping; a folder gives ``{folder name: images}``,
+        anything else a list of images) and ``held_out``, a list of images (empty when nothing could be held
+        out).
     """
     from .models.components.inputs import as_item_list
 
@@ -77,7 +78,10 @@ def split_normals(data: Any, fraction: float = HOLDOUT, seed: int = _SPLIT_SEED)
             fit_part[label], out = _split_list(as_item_list(images, f"data[{label!r}]"), fraction, seed)
             held += out
         return fit_part, held
-    return _split_list(as_item_list(data, "data"), fraction, seed)
+    fit_part, held = _split_list(as_item_list(data, "data"), fraction, seed)
+    if isinstance(data, (str, os.PathLike)) and Path(data).is_dir():  # one class, named after its folder
+        return {Path(data).name: fit_part}, held
+    return fit_part, held
 
 
 # ------------------------------------------------------------------------------------------------- raw outputs
