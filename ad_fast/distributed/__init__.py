@@ -10,18 +10,28 @@
 
 from . import ddp
 from .group import active, is_main, launched, rank, setup, world_size
+from .kcenter import kcenter_greedy_sharded
+from .scoring import DataParallelScorer, data_parallel, predict_parallel
 from .sharded_bank import ShardedMemoryBank
+from .sharded_model import load_sharded, save_sharded, shard_banks
 from .training_state import load_training_state, save_training_state
 
 __all__ = [
+    "DataParallelScorer",
     "ShardedMemoryBank",
     "active",
+    "data_parallel",
     "ddp",
     "is_main",
+    "kcenter_greedy_sharded",
     "launched",
+    "load_sharded",
     "load_training_state",
+    "predict_parallel",
     "rank",
+    "save_sharded",
     "save_training_state",
     "setup",
+    "shard_banks",
     "world_size",
 ]

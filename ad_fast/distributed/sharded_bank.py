@@ -36,11 +36,19 @@ class ShardedMemoryBank:
         self._sorted_index, self._order = self.global_index.sort()
 
     @classmethod
-    def from_bank(cls, bank: MemoryBank) -> ShardedMemoryBank:
-        """This rank's contiguous block of ``bank``'s rows (a view: a memory-mapped bank stays mapped, and only the
-        block is ever read). ``bank`` must be the same logical bank on every rank (e.g. the same file)."""
+    def from_bank(cls, bank: MemoryBank, copy: bool = True) -> ShardedMemoryBank:
+        """This rank's contiguous block of ``bank``'s rows. ``bank`` must be the same logical bank on every rank
+        (e.g. the same file).
+
+        Args:
+            copy: copy the block (the whole bank can then be freed); ``False`` keeps a view, for a memory-mapped
+                bank: it stays mapped and only the block's pages are ever read.
+        """
         start, end = block_range(len(bank))
-        shard = MemoryBank.from_rows(bank.rows[start:end], bank.metric, bank.sq_norms[start:end])
+        rows, norms = bank.rows[start:end], bank.sq_norms[start:end]
+        if copy:
+            rows, norms = rows.clone(), norms.clone()
+        shard = MemoryBank.from_rows(rows, bank.metric, norms)
         return cls(shard, torch.arange(start, end, device=bank.device), len(bank))
 
     def __len__(self) -> int:
@@ -111,11 +119,11 @@ class ShardedMemoryBank:
         mine = slice(start, start + flat.shape[0])
         dists = _gather_same_shape(dist_)  # [world, M_all, k]
         idxs = _gather_same_shape(idx)
-        cand_d = dists[:, mine].permute(1, 0, 2).reshape(flat.shape[0], -1)
-        cand_i = idxs[:, mine].permute(1, 0, 2).reshape(flat.shape[0], -1)
+        cand_d = dists[:, mine].permute(1, 0, 2).reshape(flat.shape[0], -1 if flat.shape[0] else 0)
+        cand_i = idxs[:, mine].permute(1, 0, 2).reshape(flat.shape[0], -1 if flat.shape[0] else 0)
         cand_i, order = cand_i.sort(1)  # (distance, index) order: stable sort by distance after sorting by index
         cand_d = cand_d.gather(1, order)
-        cand_d, order = cand_d.sort(1, descending=largest, stable=True)
+        cand_d, order = cand_d.sort(dim=1, descending=largest, stable=True)
         cand_i = cand_i.gather(1, order)
         out_shape = (*query.shape[:-1], k)
         return cand_d[:, :k].reshape(out_shape), cand_i[:, :k].reshape(out_shape)

@@ -112,7 +112,7 @@ def train(enhancer: KnowledgeEnhancer, mapper: ScoreMapper, features: torch.Tens
         return hinge_loss(mapper(torch.cat(parts)), o_n.shape[0], o_n.shape[0], cfg, weights)
 
     network = ddp.wrap(ddp.LossModule(nn.ModuleList([enhancer, mapper]), step_loss), device,
-                       find_unused_parameters=True)  # "per_patch" attention leaves the key projection unused
+                       find_unused_parameters=enhancer.attention == "per_patch")  # the key projection is unused there
     enhancer.train()
     mapper.train()
     history, seen_order = [], torch.empty(0, dtype=torch.long)
@@ -136,6 +136,7 @@ def train(enhancer: KnowledgeEnhancer, mapper: ScoreMapper, features: torch.Tens
             optimizer.step()
             total, steps = total + float(loss.detach()), steps + 1
         history.append(ddp.mean_over_ranks(total / max(steps, 1)))
+    ddp.broadcast_state(mapper)  # BatchNorm statistics of each rank's last step differ: all ranks keep rank 0's
     enhancer.eval()
     mapper.eval()
     return history

@@ -85,5 +85,6 @@ def train(model: MetaUAS, dataset: Dataset, config: TrainConfig = TrainConfig(),
                 break
         if len(losses) >= max_steps:
             break
+    ddp.broadcast_state(model)  # BatchNorm statistics of each rank's last step differ: all ranks keep rank 0's
     model.eval()
     return losses

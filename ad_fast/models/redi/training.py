@@ -122,4 +122,5 @@ def run_stage(
                 "version": CHECKPOINT_VERSION, "stage": stage, "epoch": epoch + 1, "config": config.to_dict(),
                 "module": module.state_dict(), "optimizer": optimizer.state_dict(), "history": history,
             })
+    ddp.broadcast_state(module)  # BatchNorm statistics of each rank's last step differ: all ranks keep rank 0's
     return history
