@@ -279,6 +279,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
     from ._io import staged_dir
     from .evaluation import seed_everything
 
+    _scale_out(args)  # under torchrun: the trainers run DDP; rank 0 saves
     device = _device(args.device)
     model = _new_model(args.method, _options(args.option), device)
     train = _dataset(args, "train")

@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 from bench_utils import pick
 
-BANK_ROWS, DIM, QUERIES, K = pick((400_000, 128, 2048, 1), (20_000, 32, 256, 1))
+BANK_ROWS, DIM, QUERIES, K = pick((200_000, 128, 1024, 1), (20_000, 32, 256, 1))
 BANK_CHUNK = 10_000  # rows are drawn chunk by chunk, so a rank draws only its shard's chunks
 IMAGES, IMAGE_SIZE, RANK_BATCH = pick((32, 192, 4), (4, 64, 2))
 STOP, SEARCH, SCORE = 0, 1, 2

@@ -42,8 +42,8 @@ def setup(device: str | torch.device | None = None) -> tuple[int, int, torch.dev
         local = int(os.environ.get("LOCAL_RANK", "0"))
         device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
     device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
     if launched() and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return rank(), world_size(), device

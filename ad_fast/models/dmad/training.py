@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ...distributed import ddp
+from ...distributed import ddp, setup
 from ...distributed.collectives import map_blocks
 from ...ops import MemoryBank
 from .knowledge import KnowledgeEnhancer, ScoreMapper
@@ -72,7 +72,7 @@ def train(enhancer: KnowledgeEnhancer, mapper: ScoreMapper, features: torch.Tens
     The 1-NN indices of every training patch are constants (frozen encoder, fixed banks, no augmentation),
     so they are computed once before the first epoch.
 
-    Under ``torchrun`` (a process group is active) every rank holds the same features and banks and draws the
+    Under ``torchrun`` every rank holds the same features and banks and draws the
     same batches and noise; it computes the 1-NN indices of its block of images (then all ranks exchange them)
     and the loss of its share of each batch (:func:`ad_fast.distributed.ddp.local_share`), and DDP averages the
     gradients: a step is the single-process step on the whole batch up to Ψ's BatchNorm statistics, which are per
@@ -88,6 +88,7 @@ def train(enhancer: KnowledgeEnhancer, mapper: ScoreMapper, features: torch.Tens
     """
     n, patches, dim = features.shape
     device = normal.rows.device
+    setup(device)  # joins torchrun's process group, if launched by it
     flat = features.reshape(-1, dim)
     idx_n = map_blocks(lambda rows: nearest_rows(normal, rows), flat).reshape(n, patches)
     idx_a = map_blocks(lambda rows: nearest_rows(abnormal, rows), flat).reshape(n, patches)

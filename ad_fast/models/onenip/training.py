@@ -13,7 +13,6 @@ epoch and RNG state; with ``resume=True`` training continues from them.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence

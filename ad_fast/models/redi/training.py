@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ...distributed import ddp, load_training_state, save_training_state
+from ...distributed import ddp, load_training_state, save_training_state, setup
 from .config import ReDiConfig
 
 CHECKPOINT_VERSION = 1
@@ -81,7 +81,7 @@ def run_stage(
     existing checkpoint of this stage is continued; the shuffles are seeded per epoch, so a resumed run sees
     the same batches as an unbroken one.
 
-    Under ``torchrun`` (a process group is active) every rank draws the same batches, computes the loss of its
+    Under ``torchrun`` every rank draws the same batches, computes the loss of its
     share of each (:func:`ad_fast.distributed.ddp.local_share`) and DDP averages the gradients, so a step is the
     single-process step on the whole batch up to BatchNorm, whose statistics are per rank; rank 0 writes the
     checkpoints. At world size 1 nothing changes.
@@ -98,7 +98,9 @@ def run_stage(
         module.load_state_dict(state["module"])
         optimizer.load_state_dict(state["optimizer"])
         start, history = int(state["epoch"]), list(state["history"])
-    network = ddp.wrap(ddp.LossModule(module, step_loss), next(module.parameters()).device)
+    device = next(module.parameters()).device
+    setup(device)  # joins torchrun's process group, if launched by it
+    network = ddp.wrap(ddp.LossModule(module, step_loss), device)
     bar = tqdm(range(start, epochs), initial=start, total=epochs, desc=f"ReDi stage {stage}", disable=not progress)
     for epoch in bar:
         for group in optimizer.param_groups:
