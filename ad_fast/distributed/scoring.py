@@ -22,16 +22,17 @@ def predict_parallel(model: Any, images: Any, batch_size: int | None = None, **k
     in one process, so the results are bit-identical to that run (batch composition can change the float rounding
     of a backbone). The model must be the same on every rank (loaded from one file, or fitted with the same seed).
 
-    Runs ``model.predict(images, **kwargs)`` as it is without a process group, for a single image, and for a model
-    with :class:`ShardedMemoryBank` banks (whose search is itself collective: every rank scores all images). A
+    Without a process group it is that one-process run (``model.predict(images)`` when ``batch_size`` is None).
+    It runs ``model.predict(images, **kwargs)`` as it is for a single image and for a model with
+    :class:`ShardedMemoryBank` banks (whose search is itself collective: every rank scores all images). A
     collective: every rank calls it with the same images.
     """
-    batched = isinstance(images, (list, tuple)) or (isinstance(images, torch.Tensor) and images.dim() == 4)
-    if not active() or world_size() == 1 or not batched or has_sharded_banks(model):
-        return model.predict(images, **kwargs)
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size: expected None or a positive int, got {batch_size!r}")
+    batched = isinstance(images, (list, tuple)) or (isinstance(images, torch.Tensor) and images.dim() == 4)
     world = world_size()
+    if not batched or not len(images) or has_sharded_banks(model) or (world == 1 and batch_size is None):
+        return model.predict(images, **kwargs)
     count = len(images)
     if batch_size is None:
         bounds = [0, *accumulate(len(part) for part in torch.arange(count).tensor_split(world))]
@@ -44,8 +45,10 @@ def predict_parallel(model: Any, images: Any, batch_size: int | None = None, **k
         if not isinstance(result, AnomalyResult):
             raise TypeError(f"model.predict: expected an AnomalyResult, got {type(result).__name__}")
         local.append(_to_cpu(result))
-    gathered: list[list[AnomalyResult]] = [[] for _ in range(world)]
-    dist.all_gather_object(gathered, local)
+    gathered: list[list[AnomalyResult]] = [local]
+    if world > 1:
+        gathered = [[] for _ in range(world)]
+        dist.all_gather_object(gathered, local)
     return concat_results([gathered[i % world][i // world] for i in range(len(batches))])
 
 
