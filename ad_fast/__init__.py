@@ -2,7 +2,7 @@
 
 from . import data, metrics, ops, synthesis
 from .decision import Decision
-from .models import create_model, list_models, load_model, register_model
+from .models import Detector, create_model, list_models, load_model, register_model
 from .models.dmad import DMAD
 from .models.metauas import MetaUAS, PromptPool
 from .models.onenip import OneNIP
@@ -15,6 +15,7 @@ __all__ = [
     "AnomalyResult",
     "DMAD",
     "Decision",
+    "Detector",
     "MetaUAS",
     "OneNIP",
     "PromptPool",

@@ -49,7 +49,10 @@ def predict_parallel(model: Any, images: Any, batch_size: int | None = None, **k
     if world > 1:
         gathered = [[] for _ in range(world)]
         dist.all_gather_object(gathered, local)
-    return concat_results([gathered[i % world][i // world] for i in range(len(batches))])
+    from ..models.base import concat_results  # here: the models import this package (their trainers use DDP)
+
+    parts = [gathered[i % world][i // world] for i in range(len(batches))]
+    return concat_results(parts, getattr(model, "_common_size", None))
 
 
 def data_parallel(model: Any, batch_size: int | None = None) -> Any:
@@ -80,33 +83,6 @@ class DataParallelScorer:
 def has_sharded_banks(model: Any) -> bool:
     """Whether any attribute of ``model`` is a :class:`ShardedMemoryBank`."""
     return any(isinstance(value, ShardedMemoryBank) for value in vars(model).values())
-
-
-def concat_results(parts: list[AnomalyResult]) -> AnomalyResult:
-    """One :class:`AnomalyResult` of the images of ``parts`` in order; maps of another size than the first part's
-    are resized to it (bilinear). ``extras`` tensors (and lists) with one entry per image are concatenated,
-    other extras are taken from the first part."""
-    if len(parts) == 1:
-        return parts[0]
-    size = tuple(parts[0].anomaly_map.shape[-2:])
-    parts = [p if tuple(p.anomaly_map.shape[-2:]) == size else p.resized(size) for p in parts]
-
-    def cat(name: str) -> torch.Tensor | None:
-        values = [getattr(p, name) for p in parts]
-        return None if any(v is None for v in values) else torch.cat(values)
-
-    extras: dict[str, Any] = {}
-    for key, first in parts[0].extras.items():
-        values = [p.extras.get(key) for p in parts]
-        per_image = all(isinstance(v, (torch.Tensor, list)) and len(v) == len(p) for v, p in zip(values, parts))
-        if per_image and all(isinstance(v, torch.Tensor) for v in values):
-            extras[key] = torch.cat(values)
-        elif per_image and all(isinstance(v, list) for v in values):
-            extras[key] = [item for v in values for item in v]
-        else:
-            extras[key] = first
-    return AnomalyResult(cat("anomaly_map"), cat("pred_score"), cat("pred_mask"), cat("pred_label"), extras,
-                         cat("raw_score"), cat("raw_map"))
 
 
 def _to_cpu(result: AnomalyResult) -> AnomalyResult:

@@ -45,9 +45,7 @@ def save_sharded(model: Any, path: str | os.PathLike, **save_kwargs: Any) -> Non
 
 def load_sharded(path: str | os.PathLike, mmap: bool = True, **load_kwargs: Any) -> Any:
     """Load a saved model (:func:`ad_fast.load_model`) and shard its banks over the current ranks, whatever the
-    world size it was fitted or saved at. With ``mmap`` (DMAD) each rank maps the file and reads only its block."""
+    world size it was fitted or saved at. With ``mmap`` each rank maps the file and reads only its block."""
     from ..models import load_model
 
-    if mmap:
-        load_kwargs["mmap"] = True
-    return shard_banks(load_model(path, **load_kwargs), copy=not mmap)
+    return shard_banks(load_model(path, mmap=mmap, **load_kwargs), copy=not mmap)

@@ -9,7 +9,6 @@ import torch
 from ad_fast import ops
 from ad_fast.distributed import (ShardedMemoryBank, kcenter_greedy_sharded, load_training_state, predict_parallel,
                                  save_training_state)
-from ad_fast.distributed.scoring import concat_results
 from ad_fast.results import AnomalyResult
 
 
@@ -81,14 +80,14 @@ class _Doubler:
 
 def test_predict_parallel_without_a_group_is_predict():
     images = torch.rand(5, 3, 4, 4)
-    result = predict_parallel(_Doubler(), images, batch_size=2)
-    assert torch.equal(result.anomaly_map, images[:, :1] * 2)
+    result = predict_parallel(_Doubler(), images)
+    assert torch.equal(result.anomaly_map, images[:, :1] * 2) and result.extras["ids"] == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="batch_size: expected None or a positive int"):
+        predict_parallel(_Doubler(), images, batch_size=0)
 
 
-def test_concat_results_keeps_input_order_and_per_image_extras():
+def test_predict_parallel_with_a_batch_size_predicts_batch_by_batch_in_order():
     images = torch.rand(5, 3, 4, 4)
-    model = _Doubler()
-    result = concat_results([model.predict(images[:2]), model.predict(images[2:])])
+    result = predict_parallel(_Doubler(), images, batch_size=2)
     assert torch.equal(result.pred_score, images.flatten(1).sum(1))
-    assert torch.equal(result.anomaly_map, images[:, :1] * 2)
-    assert result.extras["ids"] == [0, 1, 0, 1, 2] and result.pred_mask is None
+    assert result.extras["ids"] == [0, 1, 0, 1, 0] and result.pred_mask is None  # one list per batch, joined

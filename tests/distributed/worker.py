@@ -83,14 +83,14 @@ def trainer_steps() -> dict:
 
     torch.manual_seed(0)
     redi = ReDi(**cases.REDI_OPTIONS)
-    history = redi.fit(cases.redi_images(), progress=False)
+    history = redi.fit(cases.redi_images(), progress=False).history
     torch.manual_seed(0)
     metauas = MetaUAS(img_size=64)
     losses = train(metauas, cases.metauas_pairs(), TrainConfig(epochs=1, batch_size=2, max_steps=1))
     torch.manual_seed(0)
     onenip = OneNIP(**cases.ONENIP_OPTIONS)
     onenip_history = onenip.fit(cases.onenip_images(), epochs=1, max_steps=1, batch_size=2, progress=False,
-                                calibration_images=2)
+                                calibration_images=2).history
     return {"redi_history": history, "redi_recover": _state(redi.recover), "redi_student": _state(redi.student),
             "metauas_losses": losses, "metauas_decoder": _state(metauas.decoder),
             "onenip_loss": onenip_history["loss"], "onenip_reconstruction": _state(onenip.reconstruction)}

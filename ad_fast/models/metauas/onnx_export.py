@@ -20,7 +20,8 @@ from torch import nn
 
 from ... import ops
 from ..._io import atomic_path
-from .model import check_img_size, image_scores
+from .config import check_img_size
+from .encoding import image_scores
 
 if TYPE_CHECKING:
     from .model import MetaUAS

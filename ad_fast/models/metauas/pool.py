@@ -9,9 +9,11 @@ from typing import Sequence
 
 import torch
 
+from torch import nn
+
 from ... import ops
 from ...data import ImageInput
-from .model import MetaUAS, PromptEncoding
+from .encoding import PromptEncoding
 
 POOL_FORMAT = "ad_fast.MetaUAS.PromptPool"
 POOL_FORMAT_VERSION = 1
@@ -39,14 +41,14 @@ class PromptPool:
         return sorted({label for label in self.labels if label is not None})
 
     @classmethod
-    def build(cls, model: MetaUAS, images: ImageInput | Sequence[ImageInput], labels: Sequence[str | None] | None = None,
+    def build(cls, model: nn.Module, images: ImageInput | Sequence[ImageInput], labels: Sequence[str | None] | None = None,
               batch_size: int = 16) -> "PromptPool":
         """Encode normal ``images`` (with optional class ``labels``, one per image) with ``model``'s encoder."""
         empty = PromptEncoding([], torch.empty(0))
         return cls(empty, [], model.img_size, model.encoder.padding_version).add(model, images, labels, batch_size)
 
     @torch.inference_mode()
-    def add(self, model: MetaUAS, images: ImageInput | Sequence[ImageInput], labels: Sequence[str | None] | None = None,
+    def add(self, model: nn.Module, images: ImageInput | Sequence[ImageInput], labels: Sequence[str | None] | None = None,
             batch_size: int = 16) -> "PromptPool":
         """Append more normal images (encoded on the model's device, stored on the CPU); returns ``self``."""
         self._check_model(model)
@@ -65,7 +67,7 @@ class PromptPool:
         self.labels.extend(labels)
         return self
 
-    def _check_model(self, model: MetaUAS) -> None:
+    def _check_model(self, model: nn.Module) -> None:
         if (model.img_size, model.encoder.padding_version) != (self.img_size, self.padding_version):
             raise ValueError(f"pool: built for img_size={self.img_size}, padding_version={self.padding_version!r}, "
                              f"but the model has img_size={model.img_size}, "

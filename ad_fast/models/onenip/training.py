@@ -13,9 +13,9 @@ epoch and RNG state; with ``resume=True`` training continues from them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -26,9 +26,6 @@ from ...data import ImageInput, to_image_batch
 from ...data.dataset import AnomalyDataset
 from ...data.images import resize_image
 from ...distributed import ddp, load_training_state, save_training_state, setup
-
-if TYPE_CHECKING:
-    from .model import OneNIP
 
 CHECKPOINT_NAME = "last.pt"
 
@@ -158,7 +155,7 @@ def dice_loss(probability: torch.Tensor, target: torch.Tensor, smooth: float = 1
     return 1.0 - ((p * t).sum(1) + smooth) / ((p * p).sum(1) + (t * t).sum(1) + smooth)
 
 
-def training_loss(model: "OneNIP", network: torch.nn.Module, batch: Mapping[str, torch.Tensor], jitter: float,
+def training_loss(model: torch.nn.Module, network: torch.nn.Module, batch: Mapping[str, torch.Tensor], jitter: float,
                   dice_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
     """One step's loss: MSE of ``[F_hat_n; F_hat_a]`` to ``[F_n; F_n]`` + ``dice_weight`` x Dice(refiner, masks)."""
     device = model.device
@@ -177,7 +174,7 @@ def training_loss(model: "OneNIP", network: torch.nn.Module, batch: Mapping[str,
 
 
 @torch.no_grad()
-def validation_error(model: "OneNIP", images: Mapping[str, Sequence[ImageInput]], batch_size: int,
+def validation_error(model: torch.nn.Module, images: Mapping[str, Sequence[ImageInput]], batch_size: int,
                      seed: int) -> float:
     """Mean squared reconstruction error of normal ``images`` with random same-class prompts (eval mode)."""
     dataset = PromptedAnomalyDataset(images, model.img_size, seed, synthesize=False)
@@ -193,19 +190,19 @@ def validation_error(model: "OneNIP", images: Mapping[str, Sequence[ImageInput]]
     return total / max(count, 1)
 
 
-def _architecture(model: "OneNIP") -> dict[str, Any]:
+def _architecture(model: torch.nn.Module) -> dict[str, Any]:
     """The configuration a training checkpoint must match to be resumed (everything but kappa)."""
-    return {key: value for key, value in model.config.items() if key != "kappa"}
+    return {key: value for key, value in asdict(model.config).items() if key != "kappa"}
 
 
-def _load_training_state(path: Path, model: "OneNIP") -> dict[str, Any]:
+def _load_training_state(path: Path, model: torch.nn.Module) -> dict[str, Any]:
     state = load_training_state(path, "OneNIP training checkpoint")
     if state.get("config") != _architecture(model):
         raise ValueError(f"{str(path)!r}: training checkpoint does not match this model's configuration")
     return state
 
 
-def fit(model: "OneNIP", train_images: Mapping[str, Sequence[ImageInput]],
+def fit(model: torch.nn.Module, train_images: Mapping[str, Sequence[ImageInput]],
         val_images: Mapping[str, Sequence[ImageInput]] | None = None, **options: Any) -> dict[str, list]:
     """Train ``model`` (see the module docstring), then fill its prompt pool and calibrate ``kappa``.
 
@@ -237,7 +234,7 @@ def fit(model: "OneNIP", train_images: Mapping[str, Sequence[ImageInput]],
                         num_workers=opts.num_workers, drop_last=len(dataset) >= opts.batch_size * world,
                         generator=generator)
     ddp.broadcast_state(model.backbone)  # frozen, so DDP would never sync it: every rank uses rank 0's
-    network = ddp.wrap(model.reconstruction, device, find_unused_parameters=model.config["decoder_variant"] == "v1_paper")
+    network = ddp.wrap(model.reconstruction, device, find_unused_parameters=model.config.decoder_variant == "v1_paper")
     optimizer = torch.optim.AdamW(model.reconstruction.parameters(), lr=opts.lr, betas=(0.9, 0.999),
                                   weight_decay=opts.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, opts.lr_step, opts.lr_gamma)
@@ -304,7 +301,7 @@ def fit(model: "OneNIP", train_images: Mapping[str, Sequence[ImageInput]],
     return history
 
 
-def _build_pool_and_calibrate(model: "OneNIP", images: Mapping[str, Sequence[ImageInput]],
+def _build_pool_and_calibrate(model: torch.nn.Module, images: Mapping[str, Sequence[ImageInput]],
                               opts: TrainOptions) -> None:
     """Prompt pool: ``pool_per_class`` random normal images per class; kappa: mid-range of S_rec over up to
     ``calibration_images`` random training images, each with a prompt of its own class."""
