@@ -3,7 +3,8 @@ for data-parallel scoring.
 
 This process is rank 0; rank 1 is benchmarks/distributed_peer.py, started here, which repeats each timed collective
 call in lockstep. Cases per group: one process with 1 thread, one process with 2 threads (this 2-core machine's
-all), two processes with 1 thread each (each holding half the bank / scoring half the images). Full size: a bank of
+all), two processes with 1 thread each (each holding half the bank / scoring half the images), and one process
+doing one rank's share alone (half the bank, or half the images: what each of 2 machines would compute). Full size: a bank of
 200k x 128 float32 rows, 1024 queries, k = 1; 32 images of 192 px through a training-free DMAD (efficientnet_lite0),
 4 per batch and rank.
     pytest benchmarks/bench_distributed.py --benchmark-only --benchmark-group-by=group --benchmark-columns=median,iqr,rounds
@@ -57,6 +58,11 @@ def two_processes(data):
         worker.wait(timeout=60)
 
 
+def ops_bank_half(bank: MemoryBank) -> MemoryBank:
+    half = bank.rows.shape[0] // 2
+    return MemoryBank.from_rows(bank.rows[:half], bank.metric, bank.sq_norms[:half])
+
+
 def _threads(n: int):
     previous = torch.get_num_threads()
     torch.set_num_threads(n)
@@ -79,6 +85,13 @@ def test_search_one_process(benchmark, data, threads):
     _run(benchmark, lambda: data["bank"].search(data["queries"], peer.K), threads)
 
 
+def test_search_one_shard(benchmark, data):
+    """What each of 2 machines computes: all queries against half the bank, 1 process, 1 thread."""
+    benchmark.group = "distributed-bank-search"
+    half = ops_bank_half(data["bank"])
+    _run(benchmark, lambda: half.search(data["queries"], peer.K), 1)
+
+
 def test_search_two_processes(benchmark, data, two_processes):
     benchmark.group = "distributed-bank-search"
     expected = data["bank"].search(data["queries"], peer.K)
@@ -97,6 +110,13 @@ def test_scoring_one_process(benchmark, data, threads):
     benchmark.extra_info["images"] = f"{peer.IMAGES} x {peer.IMAGE_SIZE}px, {peer.RANK_BATCH} per batch"
     _run(benchmark, lambda: [data["model"].predict(batch) for batch in data["images"].split(peer.RANK_BATCH)],
          threads)
+
+
+def test_scoring_one_share(benchmark, data):
+    """What each of 2 machines computes: half the images, 1 process, 1 thread."""
+    benchmark.group = "distributed-scoring"
+    share = data["images"][: peer.IMAGES // 2]
+    _run(benchmark, lambda: [data["model"].predict(batch) for batch in share.split(peer.RANK_BATCH)], 1)
 
 
 def test_scoring_two_processes(benchmark, data, two_processes):

@@ -72,11 +72,11 @@ def train(enhancer: KnowledgeEnhancer, mapper: ScoreMapper, features: torch.Tens
     The 1-NN indices of every training patch are constants (frozen encoder, fixed banks, no augmentation),
     so they are computed once before the first epoch.
 
-    Under ``torchrun`` every rank holds the same features and banks and draws the
-    same batches and noise; it computes the 1-NN indices of its block of images (then all ranks exchange them)
-    and the loss of its share of each batch (:func:`ad_fast.distributed.ddp.local_share`), and DDP averages the
-    gradients: a step is the single-process step on the whole batch up to Ψ's BatchNorm statistics, which are per
-    rank. At world size 1 nothing changes.
+    Under ``torchrun`` every rank holds the same features and banks and draws the same batches and noise; it
+    computes the 1-NN indices of its block of images (then all ranks exchange them) and the loss of its share of
+    each batch (:func:`ad_fast.distributed.ddp.local_share`), and DDP averages the gradients: a step is the
+    one-process step on the whole batch up to Ψ's BatchNorm statistics, which are per rank. At world size 1
+    nothing changes.
 
     Args:
         features (Tensor[n, N, C]): normal patch features (any float dtype).
