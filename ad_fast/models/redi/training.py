@@ -81,10 +81,10 @@ def run_stage(
     existing checkpoint of this stage is continued; the shuffles are seeded per epoch, so a resumed run sees
     the same batches as an unbroken one.
 
-    Under ``torchrun`` every rank draws the same batches, computes the loss of its
-    share of each (:func:`ad_fast.distributed.ddp.local_share`) and DDP averages the gradients, so a step is the
-    single-process step on the whole batch up to BatchNorm, whose statistics are per rank; rank 0 writes the
-    checkpoints. At world size 1 nothing changes.
+    Under ``torchrun`` every rank draws the same batches, computes the loss of its share of each
+    (:func:`ad_fast.distributed.ddp.local_share`) and DDP averages the gradients, so a step is the one-process
+    step on the whole batch up to BatchNorm, whose statistics are per rank (rank 0's are kept at the end); rank 0
+    writes the checkpoints. At world size 1 nothing changes.
     """
     epochs = getattr(config, f"stage{stage}_epochs")
     base_lr = getattr(config, f"stage{stage}_lr")
