@@ -15,8 +15,10 @@ class ShardedMemoryBank:
     shard (in memory or memory-mapped) and the global row index of each of its rows.
 
     Every method but :meth:`__len__` and the properties is a collective: all ranks call it, in the same order.
-    Queries may differ per rank (each rank gets the answers to its own queries); a rank with nothing to ask passes
-    an empty query.
+    With ``same_queries=True`` (the default, e.g. every rank scoring the same images) all ranks pass the same
+    queries and row indices: each searches its shard once and only the per-shard top-k travel. With
+    ``same_queries=False`` the queries may differ per rank (each rank gets the answers to its own; a rank with
+    nothing to ask passes an empty query): all ranks' queries are gathered first and every shard searches them all.
 
     Example (under ``torchrun``)::
 
@@ -24,32 +26,34 @@ class ShardedMemoryBank:
         dist, idx = bank.search(queries, k=9)     # == MemoryBank.search on the whole bank, ties by global index
     """
 
-    def __init__(self, shard: MemoryBank, global_index: torch.Tensor, size: int):
+    def __init__(self, shard: MemoryBank, global_index: torch.Tensor, size: int, same_queries: bool = True):
         """Args: shard (this rank's rows), global_index (int64 Tensor[len(shard)], distinct over all ranks, each in
-        ``[0, size)``), size (N, the rows over all ranks)."""
+        ``[0, size)``), size (N, the rows over all ranks), same_queries (see the class docstring)."""
         if global_index.dtype != torch.long or global_index.shape != (len(shard),):
             raise ValueError(f"global_index: expected an int64 Tensor[{len(shard)}], got "
                              f"{global_index.dtype} {tuple(global_index.shape)}")
         self.shard = shard
         self.global_index = global_index.to(shard.device)
         self.size = size
+        self.same_queries = same_queries
         self._sorted_index, self._order = self.global_index.sort()
 
     @classmethod
-    def from_bank(cls, bank: MemoryBank, copy: bool = True) -> ShardedMemoryBank:
+    def from_bank(cls, bank: MemoryBank, copy: bool = True, same_queries: bool = True) -> ShardedMemoryBank:
         """This rank's contiguous block of ``bank``'s rows. ``bank`` must be the same logical bank on every rank
         (e.g. the same file).
 
         Args:
             copy: copy the block (the whole bank can then be freed); ``False`` keeps a view, for a memory-mapped
                 bank: it stays mapped and only the block's pages are ever read.
+            same_queries: see the class docstring.
         """
         start, end = block_range(len(bank))
         rows, norms = bank.rows[start:end], bank.sq_norms[start:end]
         if copy:
             rows, norms = rows.clone(), norms.clone()
         shard = MemoryBank.from_rows(rows, bank.metric, norms)
-        return cls(shard, torch.arange(start, end, device=bank.device), len(bank))
+        return cls(shard, torch.arange(start, end, device=bank.device), len(bank), same_queries)
 
     def __len__(self) -> int:
         return self.size
@@ -92,7 +96,8 @@ class ShardedMemoryBank:
         are exchanged and merged by (distance, global index), so ties keep the lower global index as in one process.
 
         Args:
-            query (Tensor[M, D] or [B, M, D]): this rank's queries (M may differ per rank, and be 0).
+            query (Tensor[M, D] or [B, M, D]): the queries (this rank's own with ``same_queries=False``: M may then
+                differ per rank, and be 0).
         Returns:
             (distances, global indices): Tensor[..., M, k] each.
         """
@@ -102,8 +107,7 @@ class ShardedMemoryBank:
         if query.dim() not in (2, 3) or query.shape[-1] != self.dim:
             raise ValueError(f"query: expected [M, {self.dim}] or [B, M, {self.dim}], got {tuple(query.shape)}")
         flat = query.reshape(-1, self.dim)
-        counts = all_gather_sizes(flat.shape[0], self.device)
-        everyone = all_gather_cat(flat)
+        everyone, start = self._all_queries(flat)
         local_k = min(k, len(self.shard))
         if local_k > 0 and everyone.shape[0] > 0:
             dist_, idx = self.shard.search(everyone, local_k, metric)
@@ -115,7 +119,6 @@ class ShardedMemoryBank:
         pad = k - local_k  # every rank contributes k candidates per query: missing ones can never win
         dist_ = torch.cat([dist_, dist_.new_full((dist_.shape[0], pad), -torch.inf if largest else torch.inf)], 1)
         idx = torch.cat([idx, idx.new_full((idx.shape[0], pad), self.size)], 1)
-        start = sum(counts[: rank()])
         mine = slice(start, start + flat.shape[0])
         dists = _gather_same_shape(dist_)  # [world, M_all, k]
         idxs = _gather_same_shape(idx)
@@ -129,12 +132,11 @@ class ShardedMemoryBank:
         return cand_d[:, :k].reshape(out_shape), cand_i[:, :k].reshape(out_shape)
 
     def take(self, indices: torch.Tensor) -> torch.Tensor:
-        """float32 rows at global ``indices`` (int64, any shape, may differ per rank) -> Tensor[*indices.shape, D]."""
+        """float32 rows at global ``indices`` (int64, any shape) -> Tensor[*indices.shape, D]."""
         flat = indices.reshape(-1).to(self.device)
         if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.size):
             raise IndexError(f"indices: expected values in [0, {self.size}), got [{int(flat.min())}, {int(flat.max())}]")
-        counts = all_gather_sizes(flat.shape[0], self.device)
-        everyone = all_gather_cat(flat)
+        everyone, start = self._all_queries(flat)
         rows = torch.zeros(everyone.shape[0], self.dim, dtype=torch.float32, device=self.device)
         if len(self.shard):
             pos = torch.searchsorted(self._sorted_index, everyone).clamp_max(len(self.shard) - 1)
@@ -142,8 +144,14 @@ class ShardedMemoryBank:
             rows[owned] = self.shard.rows[self._order[pos[owned]]].float()
         if active() and world_size() > 1:
             dist.all_reduce(rows)  # each row is non-zero on its owner only: the sum is that row, exactly
-        start = sum(counts[: rank()])
         return rows[start : start + flat.shape[0]].reshape(*indices.shape, self.dim)
+
+    def _all_queries(self, flat: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """(the queries every shard answers, where this rank's start among them)."""
+        if self.same_queries:
+            return flat, 0
+        counts = all_gather_sizes(flat.shape[0], self.device)
+        return all_gather_cat(flat), sum(counts[: rank()])
 
     def gather(self) -> MemoryBank:
         """The whole bank (rows in global order, in the shard's dtype) on every rank; needs memory for all of it."""

@@ -70,6 +70,10 @@ def test_sharded_search_equals_one_process(run):
         assert torch.equal(result["search_batched"][1], bank.search(q[None].repeat(2, 1, 1), 3)[1])
         assert torch.equal(result["take"], cases.bank_rows()[cases.take_indices(rank)])
         assert torch.equal(result["gather"], cases.bank_rows())
+    expected = bank.search(cases.queries(0), 5)
+    for result in run["ranks"]:
+        assert torch.equal(result["same_search"][0], expected[0]) and torch.equal(result["same_search"][1], expected[1])
+        assert torch.equal(result["same_take"], cases.bank_rows()[cases.take_indices(0)])
     assert run["ranks"][0]["search_l2_1"][1][0, 0] == 5  # the duplicate of row 5 in the other shard lost the tie
     assert run["ranks"][1]["search_empty"][0].shape == (0, 2)
     assert torch.equal(run["ranks"][0]["search_empty"][1], bank.search(cases.queries(0), 2)[1])

@@ -20,8 +20,11 @@ from ad_fast.distributed.collectives import block_range
 
 def bank_checks() -> dict:
     rank = torch.distributed.get_rank()
-    bank = ShardedMemoryBank.from_bank(ops.MemoryBank(cases.BANK_DIM).add(cases.bank_rows()))
-    out = {"shard": len(bank.shard)}
+    whole = ops.MemoryBank(cases.BANK_DIM).add(cases.bank_rows())
+    same = ShardedMemoryBank.from_bank(whole)  # every rank asks the same queries
+    out = {"same_search": same.search(cases.queries(0), 5), "same_take": same.take(cases.take_indices(0))}
+    bank = ShardedMemoryBank.from_bank(whole, same_queries=False)  # every rank asks its own
+    out["shard"] = len(bank.shard)
     q = cases.queries(rank)
     for metric in cases.METRICS:
         for k in (1, 5, cases.BANK_ROWS):  # k = N: more than one shard holds
