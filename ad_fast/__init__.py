@@ -1,6 +1,7 @@
 """ad_fast: industrial visual anomaly detection (MetaUAS, OneNIP, DMAD, ReDi) on fused C++/CUDA kernels."""
 
 from . import data, metrics, ops, synthesis
+from ._version import __version__
 from .decision import Decision
 from .models import Detector, create_model, list_models, load_model, register_model
 from .models.dmad import DMAD
@@ -9,7 +10,6 @@ from .models.onenip import OneNIP
 from .models.redi import ReDi
 from .results import AnomalyResult
 
-__version__ = "0.1.0"
 
 __all__ = [
     "AnomalyResult",

@@ -15,7 +15,7 @@ import numpy as np
 
 from .dataset import AnomalyDataset, Record
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 Size = Union[int, Tuple[int, int], None]
 Categories = Union[str, Sequence[str], None]
 

@@ -11,7 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .base import Detector
+from .base import LEGACY_HINT, Detector, is_legacy
+from .legacy import convert
 from .registry import (BUILTIN_METHODS, create_model, get_model_class, list_models, register_model, saved_method,
                        unregister_model)
 
@@ -34,13 +35,23 @@ def load_model(path: str | os.PathLike, method: str | None = None, device: str |
             raise ValueError(f"method: {str(path)!r} holds a {recorded!r} model, not {method!r}")
         return Detector.load(path, device=device, mmap=mmap, **overrides)
     if method is None:
-        raise ValueError(f"path: {str(path)!r} is not an ad_fast model file; for a research release's checkpoint "
-                         f"pass method=<name> (one of {list_models()})")
+        hint = (LEGACY_HINT if _is_legacy_file(path) else
+                f"for a research release's checkpoint pass method=<name> (one of {list_models()})")
+        raise ValueError(f"path: {str(path)!r} is not an ad_fast model file; {hint}")
     if mmap:
         raise ValueError(f"mmap: {str(path)!r} is a release checkpoint, not an ad_fast model file; only model files "
                          "can be memory-mapped")
     return get_model_class(method).from_pretrained(path, **overrides).to(device)
 
 
-__all__ = ["BUILTIN_METHODS", "Detector", "create_model", "get_model_class", "list_models", "load_model",
+def _is_legacy_file(path: Path) -> bool:
+    from ..checkpoints import read_safetensors
+
+    try:
+        return is_legacy(read_safetensors(path, "model file", mmap=True)[0])
+    except ValueError:  # not safetensors
+        return False
+
+
+__all__ = ["BUILTIN_METHODS", "Detector", "convert", "create_model", "get_model_class", "list_models", "load_model",
            "register_model", "saved_method", "unregister_model"]

@@ -28,6 +28,7 @@ from typing import Any, ClassVar, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
+from .._version import __version__
 from ..checkpoints import read_safetensors, write_safetensors
 from ..data.images import ImageInput
 from ..decision import Decision
@@ -37,7 +38,7 @@ from .registry import get_model_class
 
 FORMAT_VERSION = 1
 LEGACY_HINT = ("convert it once with ad_fast.models.convert(path, new_path) "
-               "(or: python -m ad_fast.models.convert PATH NEW_PATH)")
+               "(or: python -m ad_fast.models.legacy PATH NEW_PATH)")
 
 
 class Detector(nn.Module):
@@ -161,15 +162,8 @@ class Detector(nn.Module):
     def save(self, path: str | os.PathLike, **options: Any) -> None:
         """Write the model file (see the module docstring) atomically; ``options`` are the method's storage
         options (e.g. DMAD's ``bank_dtype``)."""
-        from .. import __version__
-
         tensors, state = self._state(**options)
-        metadata = {"method": self.method, "format_version": str(FORMAT_VERSION),
-                    "config": json.dumps(asdict(self.config)), "ad_fast_version": __version__,
-                    "state": json.dumps(state)}
-        if self.decision is not None:
-            metadata["decision"] = json.dumps(self.decision.to_dict())
-        write_safetensors(path, tensors, metadata)
+        write_safetensors(path, tensors, model_file_metadata(self.method, asdict(self.config), state, self.decision))
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu", mmap: bool = False,
@@ -190,10 +184,11 @@ class Detector(nn.Module):
         metadata, tensors = read_safetensors(path, what, mmap=mmap)
         path = os.fspath(path)
         method = metadata.get("method")
+        if is_legacy(metadata):
+            raise ValueError(f"path: {path!r} is a model file of ad_fast 0.1 (a per-method format); {LEGACY_HINT}")
         if method is None or "format_version" not in metadata:
-            hint = f"; if ad_fast 0.1 wrote it, {LEGACY_HINT}" if _is_legacy(metadata) else ""
             raise ValueError(f"path: {path!r} is not a {what} saved by ad_fast (no method/format_version in its "
-                             f"metadata){hint}")
+                             "metadata)")
         if metadata["format_version"] != str(FORMAT_VERSION):
             raise ValueError(f"path: {path!r} has format_version {metadata['format_version']!r}; this ad_fast reads "
                              f"version {FORMAT_VERSION}: load and save it again with the ad_fast version that wrote "
@@ -226,7 +221,18 @@ def prefixed(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torc
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
-def _is_legacy(metadata: Mapping[str, str]) -> bool:
+def model_file_metadata(method: str, config: Mapping[str, Any], state: Mapping[str, Any],
+                        decision: Decision | None = None) -> dict[str, str]:
+    """The string metadata of a model file (see the module docstring)."""
+    metadata = {"method": method, "format_version": str(FORMAT_VERSION), "config": json.dumps(dict(config)),
+                "ad_fast_version": __version__, "state": json.dumps(dict(state))}
+    if decision is not None:
+        metadata["decision"] = json.dumps(decision.to_dict())
+    return metadata
+
+
+def is_legacy(metadata: Mapping[str, str]) -> bool:
+    """Whether safetensors ``metadata`` is of an ad_fast 0.1 per-method format (see :mod:`.convert`)."""
     return "ad_fast.dmad" in metadata or str(metadata.get("format", "")).startswith("ad_fast.")
 
 
@@ -269,4 +275,4 @@ def concat_results(parts: Sequence[AnomalyResult], common_size: tuple[int, int] 
                          raw_map=join([p.raw_map for p in parts]))
 
 
-__all__ = ["Detector", "FORMAT_VERSION", "concat_results", "prefixed"]
+__all__ = ["Detector", "FORMAT_VERSION", "concat_results", "is_legacy", "model_file_metadata", "prefixed"]

@@ -75,4 +75,5 @@ def saved_method(path: str | os.PathLike) -> str | None:
     except Exception:  # not safetensors
         return None
     method = metadata.get("method")
-    return method if isinstance(method, str) and "format_version" in metadata else None
+    legacy = "format" in metadata or "ad_fast.dmad" in metadata  # ad_fast 0.1's per-method formats
+    return method if isinstance(method, str) and "format_version" in metadata and not legacy else None

@@ -195,3 +195,40 @@ def test_every_method_has_a_typed_config_that_rebuilds_it():
         assert cls.config_from_dict(json.loads(json.dumps(vars(config)))) == config
         with pytest.raises(ValueError, match=f"nope.*{method}"):
             cls.config_from_dict({"nope": math.pi})
+
+
+def _write_legacy_file(model: Detector, path) -> None:
+    """``model`` in the per-method format ad_fast 0.1 wrote (what ``save`` wrote before the one model file)."""
+    from ad_fast.checkpoints import write_safetensors
+
+    tensors, state = model._state()
+    config = json.loads(json.dumps(vars(model.config)))
+    if model.method == "dmad":
+        info = {"format_version": 1, "config": config, **state}
+        write_safetensors(path, tensors, {"method": "dmad", "ad_fast.dmad": json.dumps(info)})
+    elif model.method == "redi":
+        write_safetensors(path, tensors, {"method": "redi", "format": "ad_fast.ReDi", "format_version": "1",
+                                          "info": json.dumps({"config": config, **state})})
+    else:
+        extra = state if model.method == "onenip" else {"prompt_pool": state["prompt_pool"]}
+        torch.save({"format": f"ad_fast.{type(model).__name__}", "format_version": 1,
+                    "config": {**config, "method": model.method, **extra},
+                    "state_dict": {k: v.clone() for k, v in tensors.items()}}, path)
+
+
+def test_files_of_ad_fast_0_1_fail_with_how_to_convert_and_convert_exactly(fitted, folder, tmp_path):
+    legacy = tmp_path / "legacy.bin"
+    _write_legacy_file(fitted, legacy)
+    with pytest.raises(ValueError, match="not an ad_fast model file"):
+        ad_fast.load_model(legacy)
+    if fitted.method in ("dmad", "redi"):
+        with pytest.raises(ValueError, match="ad_fast 0.1.*ad_fast.models.convert"):
+            type(fitted).load(legacy)
+    converted = ad_fast.models.convert(legacy, tmp_path / "new.safetensors")
+    loaded = ad_fast.load_model(converted)
+    assert type(loaded) is type(fitted) and loaded.config == fitted.config
+    saved, again = _tensors(fitted), _tensors(loaded)
+    assert saved.keys() == again.keys() and all(torch.equal(saved[k], again[k]) for k in saved)
+    torch.testing.assert_close(loaded.predict(folder).pred_score, fitted.predict(folder).pred_score, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="already in the current format"):
+        ad_fast.models.convert(converted, tmp_path / "again.safetensors")

@@ -16,7 +16,6 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ...data.images import ImageInput
 from ...ops import MemoryBank, anomaly_map, gaussian_blur

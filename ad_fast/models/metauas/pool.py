@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from torch import nn
 
-from ... import ops
+from ...checkpoints import read_safetensors, write_safetensors
 from ...data import ImageInput
+from ..components.retrieval import PromptBank
 from .encoding import PromptEncoding
 
 POOL_FORMAT = "ad_fast.MetaUAS.PromptPool"
@@ -74,7 +74,7 @@ class PromptPool:
                              f"padding_version={model.encoder.padding_version!r}")
 
     def retrieve(self, pooled: torch.Tensor, k: int = 1, label: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-``k`` prompts by cosine similarity of pooled features (``ad_fast.ops.knn``).
+        """Top-``k`` prompts by cosine similarity of pooled features (:class:`PromptBank`).
 
         Args:
             pooled (Tensor[B, 448]): queries' pooled level-5 features.
@@ -83,18 +83,7 @@ class PromptPool:
         Returns:
             (similarity Tensor[B, k] float32, index Tensor[B, k] int64 into the pool), most similar first.
         """
-        if len(self) == 0:
-            raise ValueError("pool: the prompt pool is empty; add normal images first")
-        candidates = torch.arange(len(self))
-        if label is not None:
-            candidates = torch.tensor([i for i, name in enumerate(self.labels) if name == label], dtype=torch.long)
-            if candidates.numel() == 0:
-                raise ValueError(f"label: no prompt of class {label!r} in the pool (classes: {self.classes})")
-        if not isinstance(k, int) or not 1 <= k <= candidates.numel():
-            raise ValueError(f"k: expected an int in [1, {candidates.numel()}], got {k!r}")
-        bank = self.encoding.pooled[candidates]
-        distance, position = ops.knn(pooled.to(bank.device, torch.float32), bank, k, metric="cosine")
-        return 1.0 - distance, candidates[position]
+        return PromptBank(self.encoding.pooled, self.labels).search(pooled, k, label)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The stored tensors by name (``level3..5``, ``pooled``)."""
@@ -119,24 +108,12 @@ class PromptPool:
         return cls(encoding, json.loads(meta["labels"]), int(meta["img_size"]), meta["padding_version"])
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the pool as safetensors (features, pooled vectors) with labels and settings in the metadata."""
-        from safetensors.torch import save_file
-
-        save_file(self.tensors(), str(path), metadata=self.metadata())
+        """Write the pool as safetensors (features, pooled vectors) with labels and settings in the metadata,
+        atomically (a fitted MetaUAS saves its pool inside its model file)."""
+        write_safetensors(path, self.tensors(), self.metadata())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "PromptPool":
         """Read a pool written by :meth:`save` (``FileNotFoundError`` / ``ValueError`` on a missing or bad file)."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file, safe_open
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"prompt pool not found: {str(path)!r}")
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                meta = handle.metadata() or {}
-            tensors = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as error:
-            raise ValueError(f"{str(path)!r} is not a readable prompt pool: {error}") from error
-        return cls.from_tensors(tensors, meta, f"{str(path)!r}")
+        meta, tensors = read_safetensors(path, "prompt pool")
+        return cls.from_tensors(tensors, meta, f"{os.fspath(path)!r}")

@@ -8,13 +8,13 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from ... import ops
 from ...data import ImageInput, to_image_batch
 from ...data.images import resize_image
 from ...results import AnomalyResult
 from ..base import Detector
 from ..components.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from ..components.inputs import as_item_list
+from ..components.retrieval import PromptBank
 from ..components.weights import load_state_dict_strict
 from ..registry import register_model, saved_method
 from . import scoring, weights
@@ -213,23 +213,16 @@ class OneNIP(Detector):
         return self
 
     def retrieve_prompts(self, features: torch.Tensor, label: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Most similar pool prompt per query: cosine of spatially averaged features (``ops.knn``).
+        """Most similar pool prompt per query: cosine of spatially averaged features (:class:`PromptBank`).
 
         Returns (index Tensor[B] int64 into the pool, similarity Tensor[B]).
         """
         if not self.prompt_labels:
             raise ValueError("prompt pool is empty: fit the model, call set_prompts(normal_images, labels), "
                              "or pass prompt= to predict")
-        candidates = torch.arange(len(self.prompt_labels))
-        if label is not None:
-            candidates = torch.tensor([i for i, name in enumerate(self.prompt_labels) if name == label],
-                                      dtype=torch.long)
-            if candidates.numel() == 0:
-                known = sorted({name for name in self.prompt_labels if name is not None})
-                raise ValueError(f"label: no prompt of class {label!r} in the pool (classes: {known})")
-        bank = self.prompt_features[candidates].mean(dim=(2, 3)).to(features.device, torch.float32)
-        distance, position = ops.knn(features.mean(dim=(2, 3)).float(), bank, 1, metric="cosine")
-        return candidates.to(position.device)[position[:, 0]], 1.0 - distance[:, 0]
+        bank = PromptBank(self.prompt_features.mean(dim=(2, 3)), self.prompt_labels)
+        similarity, index = bank.search(features.mean(dim=(2, 3)), 1, label)
+        return index[:, 0], similarity[:, 0]
 
     # ------------------------------------------------------------------------------------------- inference
     def _prompt_features_for(self, features: torch.Tensor, prompt: Any,
@@ -295,7 +288,7 @@ class OneNIP(Detector):
         """
         kappa = self.kappa if kappa is None else float(kappa)
         if kappa is None:
-            raise ValueError("kappa: the model is not calibrated; call calibrate(normal_images) or pass kappa=")
+            raise ValueError("kappa: the model is not calibrated; fit() it, call calibrate(normal_images) or pass kappa=")
         self.eval()
         queries, sizes = self.prepare(images, "images")
         features = self.extract(queries)

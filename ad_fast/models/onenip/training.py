@@ -26,6 +26,7 @@ from ...data import ImageInput, to_image_batch
 from ...data.dataset import AnomalyDataset
 from ...data.images import resize_image
 from ...distributed import ddp, load_training_state, save_training_state, setup
+from ..components.inputs import normal_images
 
 CHECKPOINT_NAME = "last.pt"
 
@@ -81,11 +82,8 @@ def _check_images(images: Any, name: str) -> dict[str, list]:
     """``{class: [images]}`` from a mapping or from the normal records of an ``ad_fast.data.AnomalyDataset``."""
     if isinstance(images, AnomalyDataset):
         grouped: dict[str, list] = {}
-        for record in images.records:
-            if record.label == 0:
-                grouped.setdefault(record.category, []).append(record.image_path)
-        if not grouped:
-            raise ValueError(f"{name}: the dataset {images.name!r} holds no normal images")
+        for item, label in zip(*normal_images(images, name)):
+            grouped.setdefault(label, []).append(item)
         images = grouped
     if not isinstance(images, Mapping) or not images:
         raise TypeError(f"{name}: expected a non-empty mapping {{class name: [normal images]}}, got "
