@@ -255,6 +255,29 @@ def _model(args: argparse.Namespace, device: str) -> tuple[Any, bool]:
     return _new_model(args.method, _options(args.option), device, not args.no_progress, args.argv), True
 
 
+def _scale_out(args: argparse.Namespace) -> int:
+    """Under ``torchrun``: join the process group before the model is built (``--device auto`` is then this
+    rank's GPU), and make each of the command's batches ``world`` times ``--batch-size`` images, one
+    ``--batch-size`` batch per rank (so every image is scored in the batch it has in one process). Ranks other
+    than 0 print nothing and write their copy of the outputs to a scratch folder. Returns ``--batch-size``."""
+    from .distributed import is_main, launched, setup
+
+    per_rank = args.batch_size
+    if not launched():
+        return per_rank
+    _, world, _ = setup(None if args.device == "auto" else args.device)
+    args.batch_size = per_rank * world
+    if not is_main():
+        import atexit
+        import os
+        import shutil
+
+        args.output = tempfile.mkdtemp(prefix="ad_fast_rank_")
+        atexit.register(shutil.rmtree, args.output, True)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the rest of this process)
+    return per_rank
+
+
 def _dataset(args: argparse.Namespace, split: str):
     from .data.readers import open_dataset
 
@@ -322,6 +345,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
     from ._io import staged_dir
     from .evaluation import fit_with_decision, seed_everything
 
+    _scale_out(args)  # under torchrun: the trainers run DDP; rank 0 saves
     device = _device(args.device)
     options = _options(args.option)
     _refuse_untrained(args.method, options)
@@ -424,8 +448,10 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from ._io import staged_dir, write_text
     from .calibration import calibrate, decide
     from .data.images import to_image_batch
+    from .distributed import data_parallel
     from .visualize import caption, save_overlay
 
+    rank_batch = _scale_out(args)
     device = _device(args.device)
     paths = _collect_inputs(args.inputs)
     model, needs_fit = _model(args, device)
@@ -439,6 +465,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     decision = getattr(model, "decision", None)
     note = _threshold_note(decision, args.threshold)
     names = _overlay_names(paths)
+    model = data_parallel(model, rank_batch)  # under torchrun: each batch split over the ranks
     entries = []
     with staged_dir(args.output) as staging, torch.inference_mode():
         starts = range(0, len(paths), args.batch_size)
@@ -553,11 +580,15 @@ def _run_evaluation(args: argparse.Namespace, model: Any, needs_fit: bool, test,
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .distributed import data_parallel
+
+    rank_batch = _scale_out(args)
     device = _device(args.device)
     model, needs_fit = _model(args, device)
     if needs_fit:
         _refuse_untrained(args.method, _options(args.option))
         _warn_slow(args.method, _options(args.option))
+    model = data_parallel(model, rank_batch)  # under torchrun: each batch split over the ranks
     test = _dataset(args, "test")
     train = _dataset(args, "train") if needs_fit else None
     report = _run_evaluation(args, model, needs_fit, test, train, Path(args.output))

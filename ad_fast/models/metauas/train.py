@@ -7,16 +7,15 @@ Runs as-is in one process, and under ``torchrun`` (``WORLD_SIZE`` > 1): it then 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from ...distributed import ddp, setup
 from .model import MetaUAS
 
 
@@ -45,14 +44,6 @@ class _PairLogits(nn.Module):
         return self.model.forward_logits(query, prompt)
 
 
-def _init_distributed(device: torch.device) -> bool:
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
-        return False
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return True
-
-
 def train(model: MetaUAS, dataset: Dataset, config: TrainConfig = TrainConfig(), device: str | torch.device = "cpu",
           on_step: Callable[[int, float], None] | None = None) -> list[float]:
     """Train ``model``'s alignment convs, decoder and head on ``(prompt, query, mask)`` samples.
@@ -64,17 +55,13 @@ def train(model: MetaUAS, dataset: Dataset, config: TrainConfig = TrainConfig(),
     Returns:
         The per-step losses of this process.
     """
-    device = torch.device(device)
     if config.batch_size < 1 or config.epochs < 1:
         raise ValueError("config: batch_size and epochs must be positive")
-    distributed = _init_distributed(device)
-    rank = dist.get_rank() if distributed else 0
+    rank, world, device = setup(device)
     torch.manual_seed(config.seed)
     model.to(device).train()
-    network: nn.Module = _PairLogits(model)
-    if distributed:
-        network = nn.parallel.DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
-    sampler = DistributedSampler(dataset, shuffle=True, seed=config.seed) if distributed else None
+    network = ddp.wrap(_PairLogits(model), device)
+    sampler = DistributedSampler(dataset, shuffle=True, seed=config.seed) if world > 1 else None
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
                         num_workers=config.num_workers, drop_last=len(dataset) >= config.batch_size,
                         generator=torch.Generator().manual_seed(config.seed) if sampler is None else None)
@@ -98,5 +85,6 @@ def train(model: MetaUAS, dataset: Dataset, config: TrainConfig = TrainConfig(),
                 break
         if len(losses) >= max_steps:
             break
+    ddp.broadcast_state(model)  # BatchNorm statistics of each rank's last step differ: all ranks keep rank 0's
     model.eval()
     return losses

@@ -13,20 +13,19 @@ epoch and RNG state; with ``resume=True`` training continues from them.
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ...data import ImageInput, to_image_batch
 from ...data.dataset import AnomalyDataset
 from ...data.images import resize_image
+from ...distributed import ddp, load_training_state, save_training_state, setup
 from ..components.inputs import normal_images
 
 CHECKPOINT_NAME = "last.pt"
@@ -189,44 +188,14 @@ def validation_error(model: torch.nn.Module, images: Mapping[str, Sequence[Image
     return total / max(count, 1)
 
 
-def _setup_distributed(device: torch.device | None) -> tuple[int, int, torch.device]:
-    """(rank, world size, device); initialises the process group under ``torchrun`` when needed."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-    if device is None:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    return rank, world, device
-
-
-def _broadcast_state(module: torch.nn.Module) -> None:
-    """Copy rank 0's parameters and buffers into every rank (in place)."""
-    with torch.no_grad():
-        for tensor in module.state_dict().values():
-            dist.broadcast(tensor, 0)
-
-
 def _architecture(model: torch.nn.Module) -> dict[str, Any]:
     """The configuration a training checkpoint must match to be resumed (everything but kappa)."""
     return {key: value for key, value in asdict(model.config).items() if key != "kappa"}
 
 
-def _save_training_state(path: Path, state: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
 def _load_training_state(path: Path, model: torch.nn.Module) -> dict[str, Any]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 (any unreadable file is reported the same way)
-        raise ValueError(f"{str(path)!r} is not a readable OneNIP training checkpoint: {error}") from error
-    if not isinstance(state, dict) or state.get("config") != _architecture(model):
+    state = load_training_state(path, "OneNIP training checkpoint")
+    if state.get("config") != _architecture(model):
         raise ValueError(f"{str(path)!r}: training checkpoint does not match this model's configuration")
     return state
 
@@ -252,7 +221,7 @@ def fit(model: torch.nn.Module, train_images: Mapping[str, Sequence[ImageInput]]
     opts = TrainOptions(**options)
     train_images = _check_images(train_images, "train_images")
     val_images = None if val_images is None else _check_images(val_images, "val_images")
-    rank, world, device = _setup_distributed(None if opts.device is None else torch.device(opts.device))
+    rank, world, device = setup(opts.device)
     model.to(device)
     torch.manual_seed(opts.seed + rank)
 
@@ -262,12 +231,8 @@ def fit(model: torch.nn.Module, train_images: Mapping[str, Sequence[ImageInput]]
     loader = DataLoader(dataset, batch_size=opts.batch_size, shuffle=sampler is None, sampler=sampler,
                         num_workers=opts.num_workers, drop_last=len(dataset) >= opts.batch_size * world,
                         generator=generator)
-    network: torch.nn.Module = model.reconstruction
-    if world > 1:
-        _broadcast_state(model.backbone)  # frozen, so DDP would never sync it: every rank uses rank 0's
-        network = torch.nn.parallel.DistributedDataParallel(
-            network, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=model.config.decoder_variant == "v1_paper")
+    ddp.broadcast_state(model.backbone)  # frozen, so DDP would never sync it: every rank uses rank 0's
+    network = ddp.wrap(model.reconstruction, device, find_unused_parameters=model.config.decoder_variant == "v1_paper")
     optimizer = torch.optim.AdamW(model.reconstruction.parameters(), lr=opts.lr, betas=(0.9, 0.999),
                                   weight_decay=opts.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, opts.lr_step, opts.lr_gamma)
@@ -320,14 +285,13 @@ def fit(model: torch.nn.Module, train_images: Mapping[str, Sequence[ImageInput]]
             postfix["val_mse"] = f"{history['val_mse'][-1][1]:.4f}"
         bar.set_postfix(postfix)
         last = epoch + 1 == opts.epochs or (opts.max_steps is not None and steps >= opts.max_steps)
-        if checkpoint is not None and rank == 0 and ((epoch + 1) % opts.checkpoint_every == 0 or last):
-            _save_training_state(checkpoint, {
+        if checkpoint is not None and ((epoch + 1) % opts.checkpoint_every == 0 or last):
+            save_training_state(checkpoint, {
                 "config": _architecture(model), "epoch": epoch, "steps": steps,
                 "reconstruction": model.reconstruction.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "history": history})
     bar.close()
-    if world > 1:
-        _broadcast_state(model.reconstruction)  # BatchNorm statistics of each rank's last step differ
+    ddp.broadcast_state(model.reconstruction)  # BatchNorm statistics of each rank's last step differ
     model.eval()
     _build_pool_and_calibrate(model, train_images, opts)
     if checkpoint is not None and rank == 0:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ...distributed import ddp, load_training_state, save_training_state, setup
 from .config import ReDiConfig
 
 CHECKPOINT_VERSION = 1
@@ -50,11 +51,8 @@ def config_differences(stored: dict, config: ReDiConfig) -> list[str]:
 
 
 def _load_checkpoint(path: Path, stage: int, config: ReDiConfig) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"checkpoint_dir: cannot read {str(path)!r}: {error}") from error
-    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION or state.get("stage") != stage:
+    state = load_training_state(path, f"ReDi stage-{stage} checkpoint")
+    if state.get("version") != CHECKPOINT_VERSION or state.get("stage") != stage:
         raise ValueError(f"checkpoint_dir: {str(path)!r} is not a ReDi stage-{stage} checkpoint (version {CHECKPOINT_VERSION})")
     try:
         differences = config_differences(state.get("config"), config)
@@ -64,13 +62,6 @@ def _load_checkpoint(path: Path, stage: int, config: ReDiConfig) -> dict:
         raise ValueError(f"checkpoint_dir: {str(path)!r} was written with a different ReDi configuration "
                          f"(checkpoint -> this model: {'; '.join(differences)})")
     return state
-
-
-def _save_checkpoint(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
 
 
 def run_stage(
@@ -89,6 +80,11 @@ def run_stage(
     module, optimiser, epoch and loss history are saved after every epoch (atomically) and, with ``resume``, an
     existing checkpoint of this stage is continued; the shuffles are seeded per epoch, so a resumed run sees
     the same batches as an unbroken one.
+
+    Under ``torchrun`` every rank draws the same batches, computes the loss of its share of each
+    (:func:`ad_fast.distributed.ddp.local_share`) and DDP averages the gradients, so a step is the one-process
+    step on the whole batch up to BatchNorm, whose statistics are per rank (rank 0's are kept at the end); rank 0
+    writes the checkpoints. At world size 1 nothing changes.
     """
     epochs = getattr(config, f"stage{stage}_epochs")
     base_lr = getattr(config, f"stage{stage}_lr")
@@ -102,6 +98,9 @@ def run_stage(
         module.load_state_dict(state["module"])
         optimizer.load_state_dict(state["optimizer"])
         start, history = int(state["epoch"]), list(state["history"])
+    device = next(module.parameters()).device
+    setup(device)  # joins torchrun's process group, if launched by it
+    network = ddp.wrap(ddp.LossModule(module, step_loss), device)
     bar = tqdm(range(start, epochs), initial=start, total=epochs, desc=f"ReDi stage {stage}", disable=not progress)
     for epoch in bar:
         for group in optimizer.param_groups:
@@ -109,19 +108,21 @@ def run_stage(
         module.train()
         total, count = 0.0, 0
         for batch in epoch_batches(n_items, config.batch_size, config.seed * 100_003 + stage * 10_007 + epoch):
-            loss = step_loss(batch)
+            share, weight = ddp.local_share(batch)
+            loss = network(share)
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"ReDi stage {stage}: loss became {loss.item()} at epoch {epoch}")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * weight if weight != 1.0 else loss).backward()
             optimizer.step()
-            total += loss.item() * len(batch)
-            count += len(batch)
-        history.append(total / count)
+            total += loss.item() * len(share)
+            count += len(share)
+        history.append(ddp.mean_over_ranks(total / count))
         bar.set_postfix(loss=f"{history[-1]:.4f}")
         if path is not None:
-            _save_checkpoint(path, {
+            save_training_state(path, {
                 "version": CHECKPOINT_VERSION, "stage": stage, "epoch": epoch + 1, "config": config.to_dict(),
                 "module": module.state_dict(), "optimizer": optimizer.state_dict(), "history": history,
             })
+    ddp.broadcast_state(module)  # BatchNorm statistics of each rank's last step differ: all ranks keep rank 0's
     return history
