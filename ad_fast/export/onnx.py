@@ -20,6 +20,7 @@ from .. import __version__, ops
 from .._io import atomic_path
 from ..deploy.metadata import METADATA_KEY, ExportInfo
 from .graph import DecidedGraph, MethodGraph
+from .translations import custom_translations
 
 OPSET = 18  # the exporter's native opset: the default and the minimum
 _TRACE_BATCH = 2  # torch.export specialises sizes 0 and 1, so a dynamic batch is traced at 2
@@ -73,6 +74,7 @@ def write_onnx(method: str, graph: MethodGraph, decision, path: Path, batch_size
         warnings.filterwarnings("ignore", message=".*axis name: batch will not be used")
         program = torch.onnx.export(
             module, examples, dynamo=True, opset_version=opset, verbose=False,
+            custom_translation_table=custom_translations(),
             input_names=list(graph.inputs), output_names=list(module.output_names),
             dynamic_shapes=None if batch_axis is None else (tuple({0: batch_axis} for _ in graph.inputs),))
         first_dim = program.model.graph.inputs[0].shape[0]
