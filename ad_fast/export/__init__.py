@@ -85,11 +85,12 @@ def export_model(model: Any, path: str | os.PathLike, format: str = "onnx", *, b
     require_exporter()
     parameter = next(iter(model.parameters()), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
-    was_training = model.training
+    modes = [(module, module.training) for module in graph.module.modules()]  # eval() for the trace, then back
     try:
         return write_onnx(method, graph, getattr(model, "decision", None), path, batch_size, opset, device)
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
 
 
 __all__ = ["FORMATS", "export_model"]

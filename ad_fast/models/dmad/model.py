@@ -12,6 +12,7 @@ Example::
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -312,6 +313,13 @@ class DMAD(nn.Module):
             score = patch.flatten(1).topk(min(cfg["top_k"], patch[0].numel()), dim=1).values.mean(1)
         return AnomalyResult(torch.cat(maps).float().cpu(), score.float().cpu(),
                              extras={"patch_scores": patch[:, 0].cpu()})
+
+    def export(self, path: str | os.PathLike, format: str = "onnx", **options) -> Path:
+        """Write the inference graph, ending in the decision, to one ONNX file: see
+        :func:`ad_fast.export.export_model`. Returns the written path."""
+        from ...export import export_model
+
+        return export_model(self, path, format, **options)
 
     # -------------------------------------------------------------------------------------------- save/load
     def save(self, path: str | os.PathLike, bank_dtype: str = "float32") -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -294,6 +295,13 @@ class OneNIP(nn.Module):
                                  "predict them separately or resize with AnomalyResult.resized")
             result = result.resized(sizes[0])
         return result
+
+    def export(self, path: str | os.PathLike, format: str = "onnx", **options) -> Path:
+        """Write the inference graph, ending in the decision, to one ONNX file: see
+        :func:`ad_fast.export.export_model`. Returns the written path."""
+        from ...export import export_model
+
+        return export_model(self, path, format, **options)
 
     # --------------------------------------------------------------------------------------------- training
     def fit(self, train_images: Mapping[str, Sequence[ImageInput]] | Any,

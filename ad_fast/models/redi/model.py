@@ -15,6 +15,7 @@ Training images are stored as uint8 at ``img_size`` (they double as the prompt b
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
@@ -320,6 +321,13 @@ class ReDi(nn.Module):
             extras["recovered"] = merged["recovered"]
         result = AnomalyResult(merged["anomaly_map"].float(), merged["pred_score"].float(), extras=extras)
         return result.resized(sizes[0]) if resize_to_input else result
+
+    def export(self, path: str | os.PathLike, format: str = "onnx", **options) -> Path:
+        """Write the inference graph, ending in the decision, to one ONNX file: see
+        :func:`ad_fast.export.export_model`. Returns the written path."""
+        from ...export import export_model
+
+        return export_model(self, path, format, **options)
 
     # ----------------------------------------------------------------- persistence
 
