@@ -9,13 +9,14 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 # public name -> (module, attribute); attribute None: the module itself
 _LAZY = {
     "AnomalyResult": (".results", "AnomalyResult"),
     "DMAD": (".models.dmad", "DMAD"),
     "Decision": (".decision", "Decision"),
+    "Detector": (".models", "Detector"),
     "MetaUAS": (".models.metauas", "MetaUAS"),
     "OneNIP": (".models.onenip", "OneNIP"),
     "PromptPool": (".models.metauas", "PromptPool"),

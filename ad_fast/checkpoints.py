@@ -1,8 +1,9 @@
-"""ad_fast's checkpoint files: reading any tensor state_dict safely and writing the versioned own format.
+"""Tensor files: reading any tensor state_dict safely, reading and (atomically) writing safetensors.
 
-A model module names its format (e.g. ``"ad_fast.MetaUAS"``, version 1); files are safetensors (``.safetensors``
-suffix, config in the metadata) or ``torch.save`` of ``{"format", "format_version", "config", "state_dict"}`` with
-plain tensors only, read back with ``weights_only=True``: nothing is unpickled beyond tensors and containers.
+:func:`read_checkpoint` reads the research releases' files and the files of ad_fast 0.1's per-method formats
+(e.g. ``"ad_fast.MetaUAS"`` version 1: safetensors with the config in the metadata, or ``torch.save`` of
+``{"format", "format_version", "config", "state_dict"}``) with ``weights_only=True``: nothing is unpickled beyond
+tensors and containers. ad_fast's one model file is written by :meth:`ad_fast.Detector.save`.
 """
 
 from __future__ import annotations
@@ -127,23 +128,20 @@ def _check_version(version: Any, path: Path, format_name: str, format_version: i
                          f"(this ad_fast reads version {format_version})")
 
 
-def write_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any],
-                     format_name: str, format_version: int) -> None:
-    """Write the own format: safetensors (``.safetensors`` suffix) or ``torch.save`` of plain tensors + config.
+def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
+    """Write ``tensors`` (copied to the CPU, contiguous; tensors sharing memory are cloned) and the string
+    ``metadata`` to a safetensors file, atomically (:func:`ad_fast._io.atomic_path`)."""
+    from safetensors.torch import save_file
 
-    A ``"method"`` entry of ``config`` is also stored at the top of the safetensors metadata, where
-    ``ad_fast.models.load_model`` looks for it.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
+    from ._io import atomic_path
 
-        metadata = {"format": format_name, "format_version": str(format_version), "config": json.dumps(dict(config))}
-        if "method" in config:
-            metadata["method"] = str(config["method"])
-        save_file(tensors, str(path), metadata=metadata)
-    else:
-        torch.save({"format": format_name, "format_version": format_version, "config": dict(config),
-                    "state_dict": tensors}, path)
+    plain, seen = {}, set()
+    for name, tensor in tensors.items():
+        tensor = tensor.detach().cpu().contiguous()
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset()) if tensor.numel() else None
+        if key is not None and (key in seen or tensor.untyped_storage().nbytes() != tensor.nbytes):
+            tensor = tensor.clone()  # safetensors refuses views into a shared or larger storage
+        seen.add(key)
+        plain[name] = tensor
+    with atomic_path(path) as tmp:
+        save_file(plain, str(tmp), metadata=dict(metadata))

@@ -7,7 +7,6 @@ to stderr); 2 wrong command-line usage; 130 interrupted. Outputs are staged and 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import sys
@@ -40,7 +39,7 @@ def _model_args(parser: argparse.ArgumentParser, require_method: bool = False) -
     if not require_method:
         parser.add_argument("--model", help="a model saved by `ad-fast fit` (instead of --method)")
         parser.add_argument("--mmap", action="store_true",
-                            help="memory-map the --model's memory banks instead of reading them into memory (dmad)")
+                            help="memory-map the --model file instead of reading it into memory")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="constructor argument for --method (VALUE parsed as JSON when possible); repeatable")
 
@@ -171,27 +170,9 @@ def _options(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def _new_model(method: str, options: dict[str, Any], device: str) -> Any:
-    from .models import create_model, get_model_class
+    from .models import create_model
 
-    if _accepts(get_model_class(method), "device") and "device" not in options:
-        options = {**options, "device": device}
-    return _to_device(create_model(method, **options), device)
-
-
-def _accepts(function: Any, name: str) -> bool:
-    """Whether ``function`` takes a parameter called ``name`` (not merely ``**kwargs``)."""
-    try:
-        return name in inspect.signature(function).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _to_device(model: Any, device: str) -> Any:
-    mover = getattr(model, "to", None)
-    if callable(mover):
-        moved = mover(device)
-        return model if moved is None else moved
-    return model
+    return create_model(method, **options).to(device)
 
 
 def _model(args: argparse.Namespace, device: str) -> tuple[Any, bool]:
@@ -205,16 +186,7 @@ def _model(args: argparse.Namespace, device: str) -> tuple[Any, bool]:
     if getattr(args, "model", None):
         if args.option:
             raise CLIError("--option applies to --method, not to a saved --model")
-        options = {}
-        if args.mmap:
-            from .models import get_model_class, saved_method
-
-            method = args.method or saved_method(args.model)
-            factory = get_model_class(method) if method else None
-            if not _accepts(getattr(factory, "load", None), "mmap"):
-                raise CLIError(f"--mmap: the {method or 'saved'} model has no memory-mapped loading (DMAD has)")
-            options["mmap"] = True
-        return _to_device(load_model(args.model, method=args.method, **options), device), False
+        return load_model(args.model, method=args.method, device=device, mmap=args.mmap), False
     if getattr(args, "mmap", False):
         raise CLIError("--mmap applies to a saved --model")
     if not args.method:

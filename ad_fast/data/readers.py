@@ -15,7 +15,7 @@ import numpy as np
 
 from .dataset import AnomalyDataset, Record
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 Size = Union[int, Tuple[int, int], None]
 Categories = Union[str, Sequence[str], None]
 
@@ -33,10 +33,14 @@ def _split(split: str) -> str:
     return split
 
 
-def list_images(folder: Path) -> list[Path]:
-    """The image files directly inside ``folder``, sorted by name (mask files ``*_mask.*`` / ``*_GT.*`` excluded)."""
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """The image files of ``folder`` (``recursive``: also of its sub-folders), sorted by path; hidden files (and
+    files in hidden folders) are skipped. The one folder listing of ad_fast: datasets, model inputs, textures."""
+    folder = Path(folder)
+    candidates = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in candidates
+                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def _find_mask(folder: Path, stem: str, suffixes: Sequence[str]) -> Path:

@@ -11,8 +11,10 @@ import torch
 from torch import nn
 
 from ..deploy.metadata import Preprocess
-from ..models.metauas.model import MetaUAS, check_img_size, image_scores
-from ..models.metauas.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from ..models.components.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from ..models.metauas import MetaUAS
+from ..models.metauas.config import check_img_size
+from ..models.metauas.encoding import image_scores
 from .graph import MethodGraph
 
 

@@ -14,7 +14,7 @@ from torch import nn
 from ..deploy.metadata import Preprocess
 from ..models.onenip import OneNIP
 from ..models.onenip import scoring
-from ..models.onenip.model import IMAGENET_MEAN, IMAGENET_STD
+from ..models.components.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from .graph import MethodGraph
 from .nearest import NearestCosine
 

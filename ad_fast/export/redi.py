@@ -11,7 +11,7 @@ from torch import nn
 
 from ..deploy.metadata import Preprocess
 from ..models.redi import ReDi
-from ..models.redi.backbone import IMAGENET_MEAN, IMAGENET_STD
+from ..models.components.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from ..ops import anomaly_map
 from .graph import MethodGraph
 from .nearest import NearestCosine

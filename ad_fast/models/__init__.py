@@ -1,128 +1,57 @@
-"""The four methods, behind a small registry: ``create_model(name, **kwargs)`` and ``load_model(path)``.
+"""The four methods on one contract (:class:`ad_fast.Detector`), behind a registry.
 
-A method registers its class (or factory) with ``@register_model("dmad")``. A registered class is expected to offer
-``fit(dataset)``, ``predict(images) -> AnomalyResult``, ``save(path)`` and a classmethod ``load(path)``, and to record
-its registry name as ``"method"`` in the config it saves (see :func:`saved_method`).
+``create_model(name, **options)`` builds a method, ``load_model(path)`` reads any model file written by
+``model.save(path)`` (its ``method`` metadata key says which class), ``load_model(path, method=name)`` also reads a
+research release's checkpoint through that method's ``from_pretrained``.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import json
 import os
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any
 
-BUILTIN_METHODS = ("metauas", "onenip", "dmad", "redi")
-
-_REGISTRY: dict[str, Callable[..., Any]] = {}
-T = TypeVar("T", bound=Callable[..., Any])
-
-
-def register_model(name: str) -> Callable[[T], T]:
-    """Class/function decorator: make ``create_model(name, ...)`` call the decorated object."""
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"name: expected a non-empty str, got {name!r}")
-
-    def decorator(factory: T) -> T:
-        if name in _REGISTRY and _REGISTRY[name] is not factory:
-            raise ValueError(f"name: a model called {name!r} is already registered ({_REGISTRY[name]!r})")
-        _REGISTRY[name] = factory
-        return factory
-
-    return decorator
+from .base import LEGACY_HINT, Detector, is_legacy
+from .legacy import convert
+from .registry import (BUILTIN_METHODS, create_model, get_model_class, list_models, register_model, saved_method,
+                       unregister_model)
 
 
-def unregister_model(name: str) -> None:
-    """Remove ``name`` from the registry (for tests and plug-ins)."""
-    _REGISTRY.pop(name, None)
-
-
-def _import_method_module(method: str) -> None:
-    """Import ``ad_fast.models.<method>`` (which registers itself) if that module exists."""
-    module = f"{__name__}.{method}"
-    if importlib.util.find_spec(module) is not None:
-        importlib.import_module(module)
-
-
-def list_models() -> list[str]:
-    """Sorted names of every registered model (built-in methods are imported first)."""
-    for method in BUILTIN_METHODS:
-        _import_method_module(method)
-    return sorted(_REGISTRY)
-
-
-def get_model_class(name: str) -> Callable[..., Any]:
-    """The class/factory registered as ``name``. ``KeyError``-free: raises ``ValueError`` listing the choices."""
-    if not isinstance(name, str):
-        raise TypeError(f"name: expected a str, got {type(name).__name__}")
-    if name not in _REGISTRY:
-        _import_method_module(name.split(".")[0])
-    if name not in _REGISTRY:
-        raise ValueError(f"name: unknown model {name!r}; available: {list_models() or 'none registered'}")
-    return _REGISTRY[name]
-
-
-def create_model(name: str, **kwargs: Any) -> Any:
-    """Build the model registered as ``name`` with ``kwargs``."""
-    return get_model_class(name)(**kwargs)
-
-
-def saved_method(path: str | os.PathLike) -> str | None:
-    """The registry name a saved model records, looked up in this order: ``<dir>/config.json`` for a folder,
-    a ``<file>.json`` sidecar, safetensors metadata, or a ``"method"`` entry (top level or under ``"config"``) of a
-    ``torch.save`` dict. ``None`` if none says."""
-    path = Path(path)
-    candidates = [path / "config.json"] if path.is_dir() else [path.with_suffix(".json")]
-    for candidate in candidates:
-        if candidate.is_file():
-            try:
-                method = json.loads(candidate.read_text()).get("method")
-            except (ValueError, AttributeError):
-                method = None
-            if isinstance(method, str):
-                return method
-    if not path.is_file():
-        return None
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
-            return (handle.metadata() or {}).get("method")
-    import torch
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        return None
-    if isinstance(state, dict):
-        config = state.get("config")
-        method = state.get("method") or (config.get("method") if isinstance(config, dict) else None)
-        return method if isinstance(method, str) else None
-    return None
-
-
-def load_model(path: str | os.PathLike, method: str | None = None, **kwargs: Any) -> Any:
-    """Load a model saved with ``model.save(path)``; ``method`` overrides the name recorded in the file.
+def load_model(path: str | os.PathLike, method: str | None = None, device: str | Any = "cpu", mmap: bool = False,
+               **overrides: Any) -> Detector:
+    """Load a model file written by :meth:`Detector.save` (``method`` must then match the file, if given), or,
+    with ``method``, a research release's checkpoint (``from_pretrained`` of that method).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the method cannot be told from the file, or is not registered.
+        ValueError: not a model file and no ``method`` given, or the file's method differs from ``method``.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"path: saved model not found: {str(path)!r}")
-    method = method or saved_method(path)
+    recorded = saved_method(path)
+    if recorded is not None:
+        if method is not None and method != recorded:
+            raise ValueError(f"method: {str(path)!r} holds a {recorded!r} model, not {method!r}")
+        return Detector.load(path, device=device, mmap=mmap, **overrides)
     if method is None:
-        raise ValueError(f"path: cannot tell which method saved {str(path)!r}; pass method=<name> "
-                         f"(one of {list_models()})")
-    factory = get_model_class(method)
-    loader = getattr(factory, "load", None) or getattr(factory, "from_pretrained", None)
-    if loader is None:
-        raise ValueError(f"method: the model {method!r} has no load()/from_pretrained()")
-    return loader(path, **kwargs)
+        hint = (LEGACY_HINT if _is_legacy_file(path) else
+                f"for a research release's checkpoint pass method=<name> (one of {list_models()})")
+        raise ValueError(f"path: {str(path)!r} is not an ad_fast model file; {hint}")
+    if mmap:
+        raise ValueError(f"mmap: {str(path)!r} is a release checkpoint, not an ad_fast model file; only model files "
+                         "can be memory-mapped")
+    return get_model_class(method).from_pretrained(path, **overrides).to(device)
 
 
-__all__ = ["BUILTIN_METHODS", "create_model", "get_model_class", "list_models", "load_model", "register_model",
-           "saved_method", "unregister_model"]
+def _is_legacy_file(path: Path) -> bool:
+    from ..checkpoints import read_safetensors
+
+    try:
+        return is_legacy(read_safetensors(path, "model file", mmap=True)[0])
+    except ValueError:  # not safetensors
+        return False
+
+
+__all__ = ["BUILTIN_METHODS", "Detector", "convert", "create_model", "get_model_class", "list_models", "load_model",
+           "register_model", "saved_method", "unregister_model"]

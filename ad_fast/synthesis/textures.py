@@ -90,7 +90,7 @@ class TextureSource:
 
     def __init__(self, folder: str | os.PathLike | None = None, size: int | tuple[int, int] = 256):
         from ..data.images import _as_size
-        from ..data.readers import IMAGE_EXTENSIONS
+        from ..data.readers import list_images
 
         self.size = _as_size(size)
         self.paths: list[Path] = []
@@ -98,7 +98,7 @@ class TextureSource:
             root = Path(folder)
             if not root.is_dir():
                 raise FileNotFoundError(f"folder: texture folder not found: {str(root)!r}")
-            self.paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+            self.paths = list_images(root, recursive=True)
             if not self.paths:
                 raise ValueError(f"folder: no images under {str(root)!r}")
 

@@ -269,7 +269,7 @@ def test_moving_the_model_moves_its_banks(memory_bank_model, unsupervised_model)
 def test_a_cpu_fitted_model_moved_to_cuda_scores_like_on_cpu(unsupervised_model, demo):
     images = demo["test"][:4]
     on_cpu = unsupervised_model.predict(images)
-    on_cuda = copy.deepcopy(unsupervised_model).cuda().predict(images)
+    on_cuda = copy.deepcopy(unsupervised_model).cuda().predict(images, result_device="cuda")
     assert on_cuda.anomaly_map.device.type == "cuda"
     torch.testing.assert_close(on_cuda.anomaly_map.cpu(), on_cpu.anomaly_map, rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(on_cuda.pred_score.cpu(), on_cpu.pred_score, rtol=1e-3, atol=1e-3)

@@ -103,7 +103,7 @@ def train_briefly(train_images: dict, **options) -> tuple:
     model.eval()
     before, _ = _normal_and_anomalous_errors(model, held_out, seed=7)
     history = model.fit(train_images, epochs=100, max_steps=6, batch_size=2, lr=1e-3, progress=False,
-                        calibration_images=4, seed=1)
+                        calibration_images=4, seed=1).history
     return model, held_out, before, history
 
 
@@ -342,10 +342,10 @@ def test_training_resumes_from_its_checkpoint(train_images, tmp_path):
     images = {"stripes": train_images["stripes"][:1], "blob": train_images["blob"][:1]}
     options = dict(batch_size=2, progress=False, calibration_images=1, checkpoint_dir=str(tmp_path))
     first = OneNIP(img_size=SIZE)
-    history = first.fit(images, epochs=1, **options)
+    history = first.fit(images, epochs=1, **options).history
     assert history["epoch"] == [0] and (tmp_path / "last.pt").is_file() and (tmp_path / "onenip.pt").is_file()
     second = OneNIP(img_size=SIZE)
-    history = second.fit(images, epochs=2, **options)
+    history = second.fit(images, epochs=2, **options).history
     assert history["epoch"] == [0, 1]  # epoch 0 came from the checkpoint
     assert len(history["loss"]) == 2
     wrong = OneNIP(img_size=SIZE, decoder_variant="v1_paper")
@@ -393,7 +393,7 @@ def test_cuda_predict_matches_cpu(trained, train_images):
     assert cpu.anomaly_map.device.type == "cpu"
     model.cuda()
     try:
-        gpu = model.predict(images)
+        gpu = model.predict(images, result_device="cuda")
     finally:
         model.cpu()
     assert gpu.anomaly_map.is_cuda

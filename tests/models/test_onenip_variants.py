@@ -140,7 +140,7 @@ def test_variant_predicts_and_round_trips(trained, train_images, tmp_path):
     path = tmp_path / "variant.safetensors"
     model.save(path)
     loaded = OneNIP.from_pretrained(path)
-    assert loaded.config == model.config and loaded.config["decoder_variant"] == model.config["decoder_variant"]
+    assert loaded.config == model.config and loaded.config.decoder_variant == model.config.decoder_variant
     got = loaded.predict(images)
     torch.testing.assert_close(got.anomaly_map, expected.anomaly_map)
     torch.testing.assert_close(got.pred_score, expected.pred_score)

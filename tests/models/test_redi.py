@@ -32,7 +32,7 @@ def _normal_images(n: int, size: int = 40, seed: int = 0) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def trained():
     model = ReDi(**TINY)
-    history = model.fit(_normal_images(6), progress=False)
+    history = model.fit(_normal_images(6), progress=False).history
     return model, history
 
 
@@ -309,7 +309,7 @@ def test_predict_cuda_matches_cpu(trained, tmp_path):
     model, _ = trained
     path = tmp_path / "redi.safetensors"
     model.save(path)
-    gpu = ReDi.from_pretrained(path, map_location="cuda")
+    gpu = ReDi.load(path, device="cuda")
     images = _normal_images(2, size=32, seed=15)
     cpu_result, gpu_result = model.predict(images), gpu.predict(images)
     assert torch.equal(cpu_result.extras["prompt_index"], gpu_result.extras["prompt_index"].cpu())

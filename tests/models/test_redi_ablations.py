@@ -35,7 +35,7 @@ def _cv2_gray(x: torch.Tensor) -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def trained_ablation():
     model = ReDi(**ABLATION)
-    history = model.fit(_edgy_images(6), progress=False)
+    history = model.fit(_edgy_images(6), progress=False).history
     return model, history
 
 

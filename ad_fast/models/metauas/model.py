@@ -4,65 +4,34 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from ...data import ImageInput
 from ...results import AnomalyResult
-from .. import register_model
+from ..base import Detector, prefixed
+from ..components.weights import load_state_dict_strict
+from ..components.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from ..components.inputs import normal_images
+from ..registry import register_model, saved_method
 from . import weights
 from .alignment import FeatureAlignment
+from .config import MetaUASConfig, check_img_size
 from .decoder import DECODER_CHANNELS, UnetDecoder
-from .encoder import LEVEL_CHANNELS, EfficientNetB4Encoder
-from .preprocess import IMAGENET_MEAN, IMAGENET_STD, prepare_images
-
-if TYPE_CHECKING:
-    from .pool import PromptPool
+from ..components.efficientnet_b4 import LEVEL_CHANNELS, EfficientNetB4Encoder
+from .encoding import PromptEncoding, image_scores
+from .pool import PromptPool
+from .preprocess import prepare_images
 
 ALIGNED_LEVELS = 3  # F3, F4, F5
 _POOL_PREFIX = "prompt_pool."
 
 
-def check_img_size(img_size: Any) -> None:
-    """Raise ValueError unless ``img_size`` is a positive multiple of 32 (the encoder's total stride)."""
-    if not isinstance(img_size, int) or img_size < 32 or img_size % 32:
-        raise ValueError(f"img_size: expected a positive multiple of 32, got {img_size!r}")
-
-
-def image_scores(maps: torch.Tensor) -> torch.Tensor:
-    """The image score of each map, its maximum: ``[B, 1, S, S]`` → ``[B]``."""
-    return maps.flatten(1).amax(dim=1)
-
-
-@dataclass
-class PromptEncoding:
-    """Encoded prompt images, reusable for any number of queries.
-
-    Attributes:
-        features (list[Tensor[P, C_l, h_l, w_l]]): encoder features of levels 3, 4, 5 (the FAM's values).
-        pooled (Tensor[P, 448]): global average of level 5 (the retrieval feature of MetaUAS★).
-    """
-
-    features: list[torch.Tensor]
-    pooled: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.pooled.shape[0])
-
-    def select(self, index: torch.Tensor) -> "PromptEncoding":
-        """The prompts at ``index`` (any integer shape ``S``): features ``[*S, C, h, w]``, pooled ``[*S, 448]``."""
-        return PromptEncoding([f[index] for f in self.features], self.pooled[index])
-
-    def to(self, device: torch.device) -> "PromptEncoding":
-        return PromptEncoding([f.to(device) for f in self.features], self.pooled.to(device))
-
-
 @register_model("metauas")
-class MetaUAS(nn.Module):
+class MetaUAS(Detector):
     """MetaUAS (Gao, NeurIPS 2024) with the official release's architecture, numerics and checkpoint layout.
 
     Args:
@@ -77,6 +46,8 @@ class MetaUAS(nn.Module):
     ``forward(query, prompt)`` takes ``[B, 3, S, S]`` RGB in [0, 1] (ImageNet normalisation happens inside) and
     returns the anomaly map ``[B, 1, S, S]`` in [0, 1], exactly as the release's model.
     """
+
+    Config = MetaUASConfig
 
     def __init__(self, img_size: int = 256, alignment: str = "soft", fusion: str = "cat",
                  padding_version: str = "0.6.3", threshold: float = 0.5, weights: str | os.PathLike | None = None,
@@ -105,19 +76,22 @@ class MetaUAS(nn.Module):
 
     # ----------------------------------------------------------------------------------------------- config / I/O
     @property
-    def config(self) -> dict[str, Any]:
-        """JSON-able constructor arguments."""
-        return {"img_size": self.img_size, "alignment": self.alignment[0].alignment,
-                "fusion": self.alignment[0].fusion, "padding_version": self.encoder.padding_version,
-                "threshold": self.threshold, "k": self.k}
+    def config(self) -> MetaUASConfig:
+        """The constructor arguments that define this model."""
+        return MetaUASConfig(img_size=self.img_size, alignment=self.alignment[0].alignment,
+                             fusion=self.alignment[0].fusion, padding_version=self.encoder.padding_version,
+                             threshold=self.threshold, k=self.k)
 
-    @property
-    def device(self) -> torch.device:
-        return self.mask_head.weight.device
+    def _moved(self, device: torch.device) -> None:
+        """``.to()`` also moves the prompt pool and the cached prompt encoding."""
+        if self.pool is not None:
+            self.pool.encoding = self.pool.encoding.to(device)
+        if self._prompt_cache is not None:
+            self._prompt_cache = (self._prompt_cache[0], self._prompt_cache[1].to(device))
 
     def load_official_state_dict(self, state_dict: dict[str, torch.Tensor]) -> "MetaUAS":
         """Load a state_dict in the official release's key layout strictly (see ``weights`` for the mapping)."""
-        weights.load_state_dict_strict(self, weights.official_to_adfast(state_dict), "official MetaUAS state_dict")
+        load_state_dict_strict(self, weights.official_to_adfast(state_dict), "official MetaUAS state_dict")
         self._prompt_cache = None
         return self
 
@@ -131,23 +105,29 @@ class MetaUAS(nn.Module):
         if weights.is_official_layout(state_dict):
             return self.load_official_state_dict(state_dict)
         network = {k: v for k, v in state_dict.items() if not k.startswith(_POOL_PREFIX)}
-        weights.load_state_dict_strict(self, network, f"{str(path)!r}")
+        load_state_dict_strict(self, network, f"{str(path)!r}")
         self._prompt_cache = None
         return self
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Save weights + config (and the pool built by :meth:`fit`, if any) in ad_fast's format: safetensors for a
-        ``.safetensors`` path, else torch.save of plain tensors."""
-        tensors, config = dict(self.state_dict()), {**self.config, "method": "metauas"}
-        if self.pool is not None:
-            tensors.update({_POOL_PREFIX + name: t for name, t in self.pool.tensors().items()})
-            config["prompt_pool"] = self.pool.metadata()
-        weights.write_checkpoint(path, tensors, config)
+    def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The network's weights and the pool built by :meth:`fit` (``prompt_pool.*``, labels in the state)."""
+        tensors = dict(self.state_dict())
+        if self.pool is None:
+            return tensors, {}
+        tensors.update({_POOL_PREFIX + name: t for name, t in self.pool.tensors().items()})
+        return tensors, {"prompt_pool": self.pool.metadata()}
+
+    def _restore(self, tensors: dict[str, torch.Tensor], state: dict[str, Any], mmap: bool) -> None:
+        network = {k: v for k, v in tensors.items() if not k.startswith(_POOL_PREFIX)}
+        load_state_dict_strict(self, network, "MetaUAS", assign=mmap)
+        if state.get("prompt_pool") is not None:
+            self.pool = PromptPool.from_tensors(prefixed(tensors, _POOL_PREFIX), state["prompt_pool"])
+        self._prompt_cache = None
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, img_size: int | None = None, **overrides: Any) -> "MetaUAS":
-        """Load the official checkpoints (``metauas-256.ckpt``, ``metauas-512.ckpt``, plain state_dicts) or a file
-        written by :meth:`save`.
+        """Load the official checkpoints (``metauas-256.ckpt``, ``metauas-512.ckpt``, plain state_dicts), a model
+        file written by :meth:`save`, or a file of ad_fast 0.1's MetaUAS format.
 
         Args:
             path: checkpoint file.
@@ -158,27 +138,24 @@ class MetaUAS(nn.Module):
         Raises:
             FileNotFoundError: no such file. ValueError: not a checkpoint, or keys/shapes do not match.
         """
+        if img_size is not None:
+            overrides["img_size"] = img_size
+        if saved_method(path) is not None:
+            return cls.load(path, **overrides)
         state_dict, config = weights.read_checkpoint(path)
         config = dict(config or {})
         config.pop("method", None)
         pool_meta = config.pop("prompt_pool", None)
-        if img_size is not None:
-            config["img_size"] = img_size
         config.update(overrides)
         model = cls(**config)
         if weights.is_official_layout(state_dict):
             model.load_official_state_dict(state_dict)
         else:
             network = {k: v for k, v in state_dict.items() if not k.startswith(_POOL_PREFIX)}
-            weights.load_state_dict_strict(model, network, f"{str(path)!r}")
+            load_state_dict_strict(model, network, f"{str(path)!r}")
             if pool_meta is not None:
-                from .pool import PromptPool
-
-                pool_tensors = {k[len(_POOL_PREFIX):]: v for k, v in state_dict.items() if k.startswith(_POOL_PREFIX)}
-                model.pool = PromptPool.from_tensors(pool_tensors, pool_meta)
+                model.pool = PromptPool.from_tensors(prefixed(state_dict, _POOL_PREFIX), pool_meta)
         return model.eval()
-
-    load = from_pretrained
 
     # ------------------------------------------------------------------------------------------------ network
     def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -218,14 +195,6 @@ class MetaUAS(nn.Module):
         """The release's forward: anomaly map ``[B, 1, S, S]`` in [0, 1] for query/prompt ``[B, 3, S, S]`` in [0, 1]."""
         return self.forward_logits(query, prompt).sigmoid()
 
-    def export(self, path: str | os.PathLike, format: str = "onnx", **options: Any) -> Path:
-        """Write the inference graph (+ decision) to one ONNX file: see :func:`ad_fast.export.export_model`
-        (options ``img_size``, ``batch_size``, ``opset``). Inputs ``query``, ``prompt`` ``[B, 3, S, S]`` in [0, 1],
-        one prompt per query. Returns the written path."""
-        from ...export import export_model
-
-        return export_model(self, path, format, **options)
-
     def export_onnx(self, path: str | os.PathLike, *, img_size: int | None = None, batch_size: int | None = None,
                     opset: int | None = None) -> Path:
         """``export(path, "onnx", ...)`` under its earlier name."""
@@ -250,27 +219,30 @@ class MetaUAS(nn.Module):
         self._prompt_cache = None  # weights may change while training
         return super().train(mode)
 
-    def fit(self, dataset: Any, batch_size: int = 16) -> "MetaUAS":
-        """Build the prompt pool (MetaUAS★) from normal images: an ``ad_fast.data.AnomalyDataset`` (its normal images,
-        labelled by category) or any image list. ``predict(images)`` without a prompt then retrieves from it."""
-        from .pool import PromptPool
-
-        records = getattr(dataset, "records", None)
-        if records is not None:
-            normal = [r for r in records if r.label == 0]
-            if not normal:
-                raise ValueError("dataset: no normal images to build the prompt pool from")
-            images, labels = [str(r.image_path) for r in normal], [r.category for r in normal]
-        else:
-            images, labels = dataset, None
+    def _fit(self, dataset: Any, batch_size: int = 16) -> None:
+        """Build the prompt pool (MetaUAS★) from normal images: an ``ad_fast.data.AnomalyDataset`` (its normal
+        images, labelled by category), a folder or any image list. ``predict(images)`` without a prompt then
+        retrieves from it."""
+        images, labels = normal_images(dataset, "dataset")
         self.pool = PromptPool.build(self, images, labels, batch_size=batch_size)
-        return self
 
-    @torch.inference_mode()
-    def predict(self, query: ImageInput | Sequence[ImageInput],
+    def predict(self, images: ImageInput | Sequence[ImageInput],
                 prompt: ImageInput | Sequence[ImageInput] | PromptEncoding | None = None, *,
-                pool: "PromptPool | None" = None, k: int | None = None, label: str | None = None,
-                resize_to_input: bool = False) -> AnomalyResult:
+                batch_size: int | None = None, **options: Any) -> AnomalyResult:
+        """:meth:`ad_fast.Detector.predict` with the prompt as the second argument (as the release's API);
+        ``options``: see :meth:`_predict_batch`."""
+        return super().predict(images, batch_size, prompt=prompt, **options)
+
+    def predict_iter(self, images: ImageInput | Sequence[ImageInput],
+                     prompt: ImageInput | Sequence[ImageInput] | PromptEncoding | None = None, *,
+                     batch_size: int | None = None, **options: Any):
+        """:meth:`ad_fast.Detector.predict_iter` with the prompt as the second argument."""
+        return super().predict_iter(images, batch_size, prompt=prompt, **options)
+
+    def _predict_batch(self, query: list,
+                       prompt: ImageInput | Sequence[ImageInput] | PromptEncoding | None = None, *,
+                       pool: "PromptPool | None" = None, k: int | None = None, label: str | None = None,
+                       resize_to_input: bool = False) -> AnomalyResult:
         """Segment anomalies of ``query`` images against normal prompt(s).
 
         Args:

@@ -19,11 +19,11 @@ import torch
 from torch.utils.data import Dataset
 
 from ...data import load_image
+from ...data.readers import IMAGE_EXTENSIONS, list_images
 from ...synthesis import perlin_mask
 from .augment import AugmentConfig, augment_pair
 from .preprocess import resize_square
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def _read_instance_masks(path: Path, size: int) -> torch.Tensor:
@@ -86,7 +86,7 @@ class ChangePairDataset(Dataset):
             root = Path(images)
             if not root.is_dir():
                 raise FileNotFoundError(f"images: folder not found: {str(root)!r}")
-            images = sorted(str(p) for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            images = [str(p) for p in list_images(root, recursive=True)]
         self.images = list(images)
         if len(self.images) < 2:
             raise ValueError(f"images: need at least two images to make change pairs, got {len(self.images)}")
@@ -123,7 +123,7 @@ class ChangePairDataset(Dataset):
         if isinstance(item, torch.Tensor):
             return empty
         if self.mask_dir is not None:
-            for suffix in IMAGE_SUFFIXES:
+            for suffix in IMAGE_EXTENSIONS:
                 candidate = self.mask_dir / (Path(item).stem + suffix)
                 if candidate.is_file():
                     return _read_instance_masks(candidate, self.img_size)

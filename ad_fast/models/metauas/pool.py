@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from ... import ops
+from torch import nn
+
+from ...checkpoints import read_safetensors, write_safetensors
 from ...data import ImageInput
-from .model import MetaUAS, PromptEncoding
+from ..components.retrieval import PromptBank
+from .encoding import PromptEncoding
 
 POOL_FORMAT = "ad_fast.MetaUAS.PromptPool"
 POOL_FORMAT_VERSION = 1
@@ -39,14 +41,14 @@ class PromptPool:
         return sorted({label for label in self.labels if label is not None})
 
     @classmethod
-    def build(cls, model: MetaUAS, images: ImageInput | Sequence[ImageInput], labels: Sequence[str | None] | None = None,
+    def build(cls, model: nn.Module, images: ImageInput | Sequence[ImageInput], labels: Sequence[str | None] | None = None,
               batch_size: int = 16) -> "PromptPool":
         """Encode normal ``images`` (with optional class ``labels``, one per image) with ``model``'s encoder."""
         empty = PromptEncoding([], torch.empty(0))
         return cls(empty, [], model.img_size, model.encoder.padding_version).add(model, images, labels, batch_size)
 
     @torch.inference_mode()
-    def add(self, model: MetaUAS, images: ImageInput | Sequence[ImageInput], labels: Sequence[str | None] | None = None,
+    def add(self, model: nn.Module, images: ImageInput | Sequence[ImageInput], labels: Sequence[str | None] | None = None,
             batch_size: int = 16) -> "PromptPool":
         """Append more normal images (encoded on the model's device, stored on the CPU); returns ``self``."""
         self._check_model(model)
@@ -65,14 +67,14 @@ class PromptPool:
         self.labels.extend(labels)
         return self
 
-    def _check_model(self, model: MetaUAS) -> None:
+    def _check_model(self, model: nn.Module) -> None:
         if (model.img_size, model.encoder.padding_version) != (self.img_size, self.padding_version):
             raise ValueError(f"pool: built for img_size={self.img_size}, padding_version={self.padding_version!r}, "
                              f"but the model has img_size={model.img_size}, "
                              f"padding_version={model.encoder.padding_version!r}")
 
     def retrieve(self, pooled: torch.Tensor, k: int = 1, label: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-``k`` prompts by cosine similarity of pooled features (``ad_fast.ops.knn``).
+        """Top-``k`` prompts by cosine similarity of pooled features (:class:`PromptBank`).
 
         Args:
             pooled (Tensor[B, 448]): queries' pooled level-5 features.
@@ -81,18 +83,7 @@ class PromptPool:
         Returns:
             (similarity Tensor[B, k] float32, index Tensor[B, k] int64 into the pool), most similar first.
         """
-        if len(self) == 0:
-            raise ValueError("pool: the prompt pool is empty; add normal images first")
-        candidates = torch.arange(len(self))
-        if label is not None:
-            candidates = torch.tensor([i for i, name in enumerate(self.labels) if name == label], dtype=torch.long)
-            if candidates.numel() == 0:
-                raise ValueError(f"label: no prompt of class {label!r} in the pool (classes: {self.classes})")
-        if not isinstance(k, int) or not 1 <= k <= candidates.numel():
-            raise ValueError(f"k: expected an int in [1, {candidates.numel()}], got {k!r}")
-        bank = self.encoding.pooled[candidates]
-        distance, position = ops.knn(pooled.to(bank.device, torch.float32), bank, k, metric="cosine")
-        return 1.0 - distance, candidates[position]
+        return PromptBank(self.encoding.pooled, self.labels).search(pooled, k, label)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The stored tensors by name (``level3..5``, ``pooled``)."""
@@ -117,24 +108,12 @@ class PromptPool:
         return cls(encoding, json.loads(meta["labels"]), int(meta["img_size"]), meta["padding_version"])
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the pool as safetensors (features, pooled vectors) with labels and settings in the metadata."""
-        from safetensors.torch import save_file
-
-        save_file(self.tensors(), str(path), metadata=self.metadata())
+        """Write the pool as safetensors (features, pooled vectors) with labels and settings in the metadata,
+        atomically (a fitted MetaUAS saves its pool inside its model file)."""
+        write_safetensors(path, self.tensors(), self.metadata())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "PromptPool":
         """Read a pool written by :meth:`save` (``FileNotFoundError`` / ``ValueError`` on a missing or bad file)."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file, safe_open
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"prompt pool not found: {str(path)!r}")
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                meta = handle.metadata() or {}
-            tensors = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as error:
-            raise ValueError(f"{str(path)!r} is not a readable prompt pool: {error}") from error
-        return cls.from_tensors(tensors, meta, f"{str(path)!r}")
+        meta, tensors = read_safetensors(path, "prompt pool")
+        return cls.from_tensors(tensors, meta, f"{os.fspath(path)!r}")

@@ -10,9 +10,6 @@ import torch.nn.functional as F
 
 from ...data import ImageInput, to_image_batch
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 def resize_square(image: torch.Tensor, size: int) -> torch.Tensor:
     """``[B, 3, H, W]`` → ``[B, 3, size, size]``; the aspect ratio is not kept (as the release)."""

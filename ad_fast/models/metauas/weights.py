@@ -1,67 +1,32 @@
-"""Checkpoint I/O for MetaUAS: the official key layout (lukemelas/smp names) and ad_fast's own format.
+"""Checkpoint I/O for MetaUAS: the official key layout (lukemelas/smp names) and ad_fast 0.1's own format.
 
-Key mapping, official → ad_fast (everything else is identical, e.g. ``decoder.*`` and ``mask_head.*``):
-
-====================================================================  ==========================================
-official (efficientnet-pytorch + smp fork)                            ad_fast (timm ``tf_efficientnet_b4``)
-====================================================================  ==========================================
-``encoder._conv_stem`` / ``_bn0`` / ``_conv_head`` / ``_bn1``          ``encoder.conv_stem`` / ``bn1`` / ``conv_head`` / ``bn2``
-``encoder._blocks.{n}`` (n = 0..31, global index)                     ``encoder.blocks.{stage}.{i}`` (stages of 2,4,4,6,6,8,2 blocks)
-block n in 0..1: ``_depthwise_conv, _bn1, _se_reduce, _se_expand,``   ``conv_dw, bn1, se.conv_reduce, se.conv_expand,``
-``_project_conv, _bn2``                                               ``conv_pw, bn2``
-block n >= 2: ``_expand_conv, _bn0, _depthwise_conv, _bn1,``          ``conv_pw, bn1, conv_dw, bn2,``
-``_se_reduce, _se_expand, _project_conv, _bn2``                       ``se.conv_reduce, se.conv_expand, conv_pwl, bn3``
-``alignment.{i}.alignment_layer.dimensionality_reduction``            ``alignment.{i}.reduction`` (i = 0: F5, 1: F4, 2: F3)
-====================================================================  ==========================================
+Key mapping, official → ad_fast: ``encoder.*`` as :mod:`ad_fast.models.components.efficientnet_b4` maps lukemelas
+names to timm's; ``alignment.{i}.alignment_layer.dimensionality_reduction`` → ``alignment.{i}.reduction``
+(i = 0: F5, 1: F4, 2: F3); everything else is identical (``decoder.*``, ``mask_head.*``).
 """
 
 from __future__ import annotations
 
 import os
-import re
 from typing import Any, Mapping
 
 import torch
 
 from ... import checkpoints
 
-from .encoder import STAGE_DEPTHS
+from ..components.efficientnet_b4 import lukemelas_to_timm_key, timm_to_lukemelas_key
+from ..components.weights import load_state_dict_strict
 
 FORMAT_NAME = "ad_fast.MetaUAS"
 FORMAT_VERSION = 1
 
-_TOP_LEVEL = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2"}
-_DEPTHWISE_SEPARABLE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_se_reduce": "se.conv_reduce",
-                        "_se_expand": "se.conv_expand", "_project_conv": "conv_pw", "_bn2": "bn2"}
-_INVERTED_RESIDUAL = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-                      "_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand", "_project_conv": "conv_pwl",
-                      "_bn2": "bn3"}
-_BLOCK_POSITION = [(stage, i) for stage, depth in enumerate(STAGE_DEPTHS) for i in range(depth)]
-_BLOCK_INDEX = {position: n for n, position in enumerate(_BLOCK_POSITION)}
 _OFFICIAL_ALIGN = "alignment_layer.dimensionality_reduction"
-
-
-def _invert(table: Mapping[str, str]) -> dict[str, str]:
-    return {value: key for key, value in table.items()}
 
 
 def official_to_adfast_key(key: str) -> str:
     """Rename one official MetaUAS state_dict key to ad_fast's layout (unknown names raise ``KeyError``)."""
-    match = re.fullmatch(r"encoder\._blocks\.(\d+)\.(\w+)\.(\w+)", key)
-    if match:
-        n, module, param = int(match.group(1)), match.group(2), match.group(3)
-        if n >= len(_BLOCK_POSITION):
-            raise KeyError(key)
-        stage, i = _BLOCK_POSITION[n]
-        table = _DEPTHWISE_SEPARABLE if stage == 0 else _INVERTED_RESIDUAL
-        if module not in table:
-            raise KeyError(key)
-        return f"encoder.blocks.{stage}.{i}.{table[module]}.{param}"
-    match = re.fullmatch(r"encoder\.(_\w+?)\.(\w+)", key)
-    if match:
-        if match.group(1) not in _TOP_LEVEL:
-            raise KeyError(key)
-        return f"encoder.{_TOP_LEVEL[match.group(1)]}.{match.group(2)}"
+    if key.startswith("encoder."):
+        return "encoder." + lukemelas_to_timm_key(key[len("encoder."):])
     if key.startswith("alignment.") and _OFFICIAL_ALIGN in key:
         return key.replace(_OFFICIAL_ALIGN, "reduction")
     if key.startswith(("decoder.", "mask_head.")):
@@ -71,19 +36,8 @@ def official_to_adfast_key(key: str) -> str:
 
 def adfast_to_official_key(key: str) -> str:
     """Inverse of :func:`official_to_adfast_key`."""
-    match = re.fullmatch(r"encoder\.blocks\.(\d+)\.(\d+)\.(\w+(?:\.conv_\w+)?)\.(\w+)", key)
-    if match:
-        stage, i, module, param = int(match.group(1)), int(match.group(2)), match.group(3), match.group(4)
-        table = _invert(_DEPTHWISE_SEPARABLE if stage == 0 else _INVERTED_RESIDUAL)
-        if (stage, i) not in _BLOCK_INDEX or module not in table:
-            raise KeyError(key)
-        return f"encoder._blocks.{_BLOCK_INDEX[(stage, i)]}.{table[module]}.{param}"
-    match = re.fullmatch(r"encoder\.(\w+?)\.(\w+)", key)
-    if match:
-        table = _invert(_TOP_LEVEL)
-        if match.group(1) not in table:
-            raise KeyError(key)
-        return f"encoder.{table[match.group(1)]}.{match.group(2)}"
+    if key.startswith("encoder."):
+        return "encoder." + timm_to_lukemelas_key(key[len("encoder."):])
     if key.startswith("alignment.") and ".reduction." in key:
         return key.replace(".reduction.", f".{_OFFICIAL_ALIGN}.")
     if key.startswith(("decoder.", "mask_head.")):
@@ -118,34 +72,10 @@ def is_official_layout(state_dict: Mapping[str, Any]) -> bool:
     return "encoder._conv_stem.weight" in state_dict
 
 
-def load_state_dict_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
-    """``module.load_state_dict(strict=True)`` with one clear ``ValueError`` naming missing/unexpected/misshaped keys."""
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    misshaped = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
-                 for k in expected if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s), e.g. {missing[:5]}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:5]}")
-    if misshaped:
-        problems.append(f"{len(misshaped)} shape mismatch(es), e.g. {misshaped[:3]}")
-    if problems:
-        raise ValueError(f"{source}: checkpoint does not match the model: " + "; ".join(problems))
-    module.load_state_dict(state_dict, strict=True)
-
-
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """Read a checkpoint → (tensors, ad_fast config or ``None`` for a plain/official state_dict); see
     :func:`ad_fast.checkpoints.read_checkpoint` for what is accepted and raised."""
     return checkpoints.read_checkpoint(path, FORMAT_NAME, FORMAT_VERSION)
-
-
-def write_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> None:
-    """Write ad_fast's format: safetensors (``.safetensors`` suffix) or ``torch.save`` of plain tensors + config."""
-    checkpoints.write_checkpoint(path, state_dict, config, FORMAT_NAME, FORMAT_VERSION)
 
 
 def load_encoder_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:

@@ -1,6 +1,6 @@
 """Frozen EfficientNet-B4 block outputs 1/5/9/21 and the MFCN neck that fuses them at stride 16 (272 channels).
 
-The network is the shared timm port of the lukemelas ``efficientnet-b4`` (``metauas.encoder``) with the
+The network is the shared timm port of the lukemelas ``efficientnet-b4`` (``models.components.efficientnet_b4``) with the
 efficientnet-pytorch 0.7 padding the OneNIP release runs. Lukemelas block indices 1, 5, 9 and 21 are the last blocks
 of timm stages 0, 1, 2 and 4 (24, 32, 56 and 160 channels at strides 2, 4, 8 and 16).
 """
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..metauas.encoder import EfficientNetB4Encoder
+from ..components.efficientnet_b4 import EfficientNetB4Encoder
 
 BLOCK_CHANNELS = (24, 32, 56, 160)
 BLOCK_STRIDES = (2, 4, 8, 16)

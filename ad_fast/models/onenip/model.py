@@ -7,27 +7,30 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
-from torch import nn
 
-from ... import ops
 from ...data import ImageInput, to_image_batch
 from ...data.images import resize_image
 from ...results import AnomalyResult
-from .. import register_model
+from ..base import Detector
+from ..components.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from ..components.inputs import as_item_list
+from ..components.retrieval import PromptBank
+from ..components.weights import load_state_dict_strict
+from ..registry import register_model, saved_method
 from . import scoring, weights
 from .backbone import FEATURE_STRIDE, OneNIPBackbone, fuse_features
+from .config import OneNIPConfig
 from .reconstruction import Reconstruction
+from .training import fit as train_onenip
 from .transformer import RELEASE_DECODER_VARIANTS
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 BACKBONES = ("efficientnet_b4",)
 _POOL_KEY = "prompt_pool.features"
 _DECODER_PREFIX = "reconstruction.transformer.decoder."
 
 
 @register_model("onenip")
-class OneNIP(nn.Module):
+class OneNIP(Detector):
     """OneNIP (Gao, ECCV 2024) with the release's architecture, scoring and checkpoint layout.
 
     Args:
@@ -48,6 +51,8 @@ class OneNIP(nn.Module):
     The prompt pool (normal images per class, as stride-16 features) is filled by ``fit`` or :meth:`set_prompts`
     and saved with the model; ``predict`` picks each query's prompt from it by cosine similarity.
     """
+
+    Config = OneNIPConfig
 
     def __init__(self, img_size: int = 256, backbone: str = "efficientnet_b4", alpha: float = 0.5,
                  decoder_variant: str = "v2_fixed", hidden_dim: int = 256, heads: int = 8, ffn_dim: int = 1024,
@@ -75,19 +80,16 @@ class OneNIP(nn.Module):
                                              None if neighbour is None else tuple(neighbour))
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        self.prompt_features = torch.empty(0, 272, *self.feature_size)
+        self.register_buffer("prompt_features", torch.empty(0, 272, *self.feature_size), persistent=False)
         self.prompt_labels: list[str | None] = []
+        self.history: dict[str, list] = {}
 
     # ------------------------------------------------------------------------------------------ config / I/O
     @property
-    def config(self) -> dict[str, Any]:
-        """JSON-able constructor arguments (with the calibrated ``kappa``)."""
-        return {"img_size": self.img_size, "backbone": self.backbone_name, "alpha": self.alpha,
-                "avgpool_size": self.avgpool_size, "kappa": self.kappa, **self._arch}
-
-    @property
-    def device(self) -> torch.device:
-        return self.reconstruction.input_proj.weight.device
+    def config(self) -> OneNIPConfig:
+        """The constructor arguments that define this model (with the calibrated ``kappa``)."""
+        return OneNIPConfig(img_size=self.img_size, backbone=self.backbone_name, alpha=self.alpha,
+                            avgpool_size=self.avgpool_size, kappa=self.kappa, **self._arch)
 
     def load_release_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> "OneNIP":
         """Load the release's ``ckpt.pkl`` state_dict (``module.`` prefixes, lukemelas backbone names) strictly."""
@@ -101,7 +103,7 @@ class OneNIP(nn.Module):
             ValueError: missing, unexpected or misshaped keys.
         """
         try:
-            weights.load_state_dict_strict(self, state_dict, source)
+            load_state_dict_strict(self, state_dict, source)
         except ValueError as error:
             have = {k for k in state_dict if k.startswith(_DECODER_PREFIX)}
             if have == {k for k in self.state_dict() if k.startswith(_DECODER_PREFIX)}:
@@ -110,11 +112,23 @@ class OneNIP(nn.Module):
                              f"{self._arch['decoder_variant']!r}: load it with the variant it was trained with "
                              f"(release checkpoints: {' or '.join(map(repr, RELEASE_DECODER_VARIANTS))})") from None
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Save weights, prompt pool, kappa and config (safetensors for a ``.safetensors`` path, else torch.save)."""
-        state = dict(self.state_dict())
-        state[_POOL_KEY] = self.prompt_features
-        weights.write_checkpoint(path, state, {"method": "onenip", **self.config, "prompt_labels": self.prompt_labels})
+    def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The network's weights and the prompt pool (``prompt_pool.features``, labels in the state)."""
+        return {**self.state_dict(), _POOL_KEY: self.prompt_features}, {"prompt_labels": self.prompt_labels}
+
+    def _restore(self, tensors: dict[str, torch.Tensor], state: dict[str, Any], mmap: bool) -> None:
+        tensors = dict(tensors)
+        pool = tensors.pop(_POOL_KEY, None)
+        self._load_strict(tensors, "OneNIP model file")
+        self._set_pool(pool, state.get("prompt_labels", []), "OneNIP model file")
+
+    def _set_pool(self, pool: torch.Tensor | None, labels: list, source: str) -> None:
+        if pool is None or not pool.numel():
+            return
+        if len(labels) != pool.shape[0] or tuple(pool.shape[1:]) != tuple(self.prompt_features.shape[1:]):
+            raise ValueError(f"{source}: prompt pool of shape {tuple(pool.shape)} does not match its "
+                             f"{len(labels)} labels or the model's feature size")
+        self.prompt_features, self.prompt_labels = pool.to(self.device), list(labels)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, img_size: int | None = None, **overrides: Any) -> "OneNIP":
@@ -132,6 +146,8 @@ class OneNIP(nn.Module):
         Raises:
             FileNotFoundError: no such file. ValueError: not a checkpoint, or keys/shapes do not match.
         """
+        if saved_method(path) is not None:
+            return cls.load(path, **overrides, **({} if img_size is None else {"img_size": img_size}))
         state_dict, config = weights.read_checkpoint(path)
         config = dict(config or {})
         labels = config.pop("prompt_labels", [])
@@ -150,14 +166,8 @@ class OneNIP(nn.Module):
             model.load_release_state_dict(state_dict)
         else:
             model._load_strict(state_dict, f"{str(path)!r}")
-        if pool is not None and pool.numel():
-            if len(labels) != pool.shape[0] or tuple(pool.shape[1:]) != tuple(model.prompt_features.shape[1:]):
-                raise ValueError(f"{str(path)!r}: prompt pool of shape {tuple(pool.shape)} does not match its "
-                                 f"{len(labels)} labels or the model's feature size")
-            model.prompt_features, model.prompt_labels = pool, list(labels)
+        model._set_pool(pool, labels, f"{str(path)!r}")
         return model.eval()
-
-    load = from_pretrained
 
     # --------------------------------------------------------------------------------------------- network
     def prepare(self, images: ImageInput | Sequence[ImageInput], name: str = "images") -> tuple[torch.Tensor, list[tuple[int, int]]]:
@@ -197,29 +207,22 @@ class OneNIP(nn.Module):
         labels = [None] * len(items) if labels is None else list(labels)
         if len(labels) != len(items):
             raise ValueError(f"labels: expected one label per image ({len(items)}), got {len(labels)}")
-        parts = [self.extract(self.prepare(items[i:i + batch_size], "images")[0]).cpu()
+        parts = [self.extract(self.prepare(items[i:i + batch_size], "images")[0])
                  for i in range(0, len(items), batch_size)]
         self.prompt_features, self.prompt_labels = torch.cat(parts), labels
         return self
 
     def retrieve_prompts(self, features: torch.Tensor, label: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Most similar pool prompt per query: cosine of spatially averaged features (``ops.knn``).
+        """Most similar pool prompt per query: cosine of spatially averaged features (:class:`PromptBank`).
 
         Returns (index Tensor[B] int64 into the pool, similarity Tensor[B]).
         """
         if not self.prompt_labels:
             raise ValueError("prompt pool is empty: fit the model, call set_prompts(normal_images, labels), "
                              "or pass prompt= to predict")
-        candidates = torch.arange(len(self.prompt_labels))
-        if label is not None:
-            candidates = torch.tensor([i for i, name in enumerate(self.prompt_labels) if name == label],
-                                      dtype=torch.long)
-            if candidates.numel() == 0:
-                known = sorted({name for name in self.prompt_labels if name is not None})
-                raise ValueError(f"label: no prompt of class {label!r} in the pool (classes: {known})")
-        bank = self.prompt_features[candidates].mean(dim=(2, 3)).to(features.device, torch.float32)
-        distance, position = ops.knn(features.mean(dim=(2, 3)).float(), bank, 1, metric="cosine")
-        return candidates.to(position.device)[position[:, 0]], 1.0 - distance[:, 0]
+        bank = PromptBank(self.prompt_features.mean(dim=(2, 3)), self.prompt_labels)
+        similarity, index = bank.search(features.mean(dim=(2, 3)), 1, label)
+        return index[:, 0], similarity[:, 0]
 
     # ------------------------------------------------------------------------------------------- inference
     def _prompt_features_for(self, features: torch.Tensor, prompt: Any,
@@ -260,14 +263,19 @@ class OneNIP(nn.Module):
         self.kappa = scoring.kappa_from_range(low, high)
         return self.kappa
 
-    @torch.inference_mode()
-    def predict(self, images: ImageInput | Sequence[ImageInput], prompt: ImageInput | Sequence[ImageInput] | None = None,
-                *, label: str | None = None, kappa: float | None = None,
-                resize_to_input: bool = False) -> AnomalyResult:
-        """Anomaly maps and scores for ``images``.
+    def _batch_options(self, options: dict[str, Any], start: int, stop: int, total: int) -> dict[str, Any]:
+        """A prompt per image (as many prompts as images) is split with the images."""
+        if options.get("prompt") is None:
+            return options
+        prompts = as_item_list(options["prompt"], "prompt")
+        return {**options, "prompt": prompts[start:stop] if len(prompts) == total > 1 else prompts}
+
+    def _predict_batch(self, images: list, prompt: ImageInput | Sequence[ImageInput] | None = None,
+                       *, label: str | None = None, kappa: float | None = None,
+                       resize_to_input: bool = False) -> AnomalyResult:
+        """Anomaly maps and scores for a batch of ``images``.
 
         Args:
-            images: paths, PIL images, arrays, tensors ``[C, H, W]`` / ``[B, C, H, W]`` or lists of them.
             prompt: one normal image for every query, or one per query; default: each query's most similar prompt
                 in the pool (cosine of averaged features; ``label`` restricts the search to one class).
             kappa: overrides the stored normalising constant.
@@ -280,7 +288,7 @@ class OneNIP(nn.Module):
         """
         kappa = self.kappa if kappa is None else float(kappa)
         if kappa is None:
-            raise ValueError("kappa: the model is not calibrated; call calibrate(normal_images) or pass kappa=")
+            raise ValueError("kappa: the model is not calibrated; fit() it, call calibrate(normal_images) or pass kappa=")
         self.eval()
         queries, sizes = self.prepare(images, "images")
         features = self.extract(queries)
@@ -296,19 +304,12 @@ class OneNIP(nn.Module):
             result = result.resized(sizes[0])
         return result
 
-    def export(self, path: str | os.PathLike, format: str = "onnx", **options) -> Path:
-        """Write the inference graph, ending in the decision, to one ONNX file: see
-        :func:`ad_fast.export.export_model`. Returns the written path."""
-        from ...export import export_model
-
-        return export_model(self, path, format, **options)
-
     # --------------------------------------------------------------------------------------------- training
-    def fit(self, train_images: Mapping[str, Sequence[ImageInput]] | Any,
-            val_images: Mapping[str, Sequence[ImageInput]] | Any | None = None, **options: Any) -> dict[str, list]:
-        """Train on normal images of every class (``{class name: [images]}`` or an ``ad_fast.data`` dataset,
-        whose normal images are used); see
-        :func:`ad_fast.models.onenip.training.fit` for ``options``. Fills the prompt pool and kappa."""
-        from .training import fit
-
-        return fit(self, train_images, val_images, **options)
+    def _fit(self, train_images: Mapping[str, Sequence[ImageInput]] | Any,
+             val_images: Mapping[str, Sequence[ImageInput]] | Any | None = None, **options: Any) -> None:
+        """Train on normal images of every class (``{class name: [images]}``, an ``ad_fast.data`` dataset, whose
+        normal images are used, or a folder: one class); see :func:`ad_fast.models.onenip.training.fit` for
+        ``options``. Fills the prompt pool, kappa and ``self.history``."""
+        if isinstance(train_images, (str, os.PathLike)):
+            train_images = {Path(train_images).name: as_item_list(train_images, "train_images")}
+        self.history = train_onenip(self, train_images, val_images, **options)

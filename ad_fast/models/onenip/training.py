@@ -14,9 +14,9 @@ epoch and RNG state; with ``resume=True`` training continues from them.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -27,9 +27,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from ...data import ImageInput, to_image_batch
 from ...data.dataset import AnomalyDataset
 from ...data.images import resize_image
-
-if TYPE_CHECKING:
-    from .model import OneNIP
+from ..components.inputs import normal_images
 
 CHECKPOINT_NAME = "last.pt"
 
@@ -85,11 +83,8 @@ def _check_images(images: Any, name: str) -> dict[str, list]:
     """``{class: [images]}`` from a mapping or from the normal records of an ``ad_fast.data.AnomalyDataset``."""
     if isinstance(images, AnomalyDataset):
         grouped: dict[str, list] = {}
-        for record in images.records:
-            if record.label == 0:
-                grouped.setdefault(record.category, []).append(record.image_path)
-        if not grouped:
-            raise ValueError(f"{name}: the dataset {images.name!r} holds no normal images")
+        for item, label in zip(*normal_images(images, name)):
+            grouped.setdefault(label, []).append(item)
         images = grouped
     if not isinstance(images, Mapping) or not images:
         raise TypeError(f"{name}: expected a non-empty mapping {{class name: [normal images]}}, got "
@@ -159,7 +154,7 @@ def dice_loss(probability: torch.Tensor, target: torch.Tensor, smooth: float = 1
     return 1.0 - ((p * t).sum(1) + smooth) / ((p * p).sum(1) + (t * t).sum(1) + smooth)
 
 
-def training_loss(model: "OneNIP", network: torch.nn.Module, batch: Mapping[str, torch.Tensor], jitter: float,
+def training_loss(model: torch.nn.Module, network: torch.nn.Module, batch: Mapping[str, torch.Tensor], jitter: float,
                   dice_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
     """One step's loss: MSE of ``[F_hat_n; F_hat_a]`` to ``[F_n; F_n]`` + ``dice_weight`` x Dice(refiner, masks)."""
     device = model.device
@@ -178,7 +173,7 @@ def training_loss(model: "OneNIP", network: torch.nn.Module, batch: Mapping[str,
 
 
 @torch.no_grad()
-def validation_error(model: "OneNIP", images: Mapping[str, Sequence[ImageInput]], batch_size: int,
+def validation_error(model: torch.nn.Module, images: Mapping[str, Sequence[ImageInput]], batch_size: int,
                      seed: int) -> float:
     """Mean squared reconstruction error of normal ``images`` with random same-class prompts (eval mode)."""
     dataset = PromptedAnomalyDataset(images, model.img_size, seed, synthesize=False)
@@ -214,9 +209,9 @@ def _broadcast_state(module: torch.nn.Module) -> None:
             dist.broadcast(tensor, 0)
 
 
-def _architecture(model: "OneNIP") -> dict[str, Any]:
+def _architecture(model: torch.nn.Module) -> dict[str, Any]:
     """The configuration a training checkpoint must match to be resumed (everything but kappa)."""
-    return {key: value for key, value in model.config.items() if key != "kappa"}
+    return {key: value for key, value in asdict(model.config).items() if key != "kappa"}
 
 
 def _save_training_state(path: Path, state: dict[str, Any]) -> None:
@@ -226,7 +221,7 @@ def _save_training_state(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _load_training_state(path: Path, model: "OneNIP") -> dict[str, Any]:
+def _load_training_state(path: Path, model: torch.nn.Module) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 (any unreadable file is reported the same way)
@@ -236,7 +231,7 @@ def _load_training_state(path: Path, model: "OneNIP") -> dict[str, Any]:
     return state
 
 
-def fit(model: "OneNIP", train_images: Mapping[str, Sequence[ImageInput]],
+def fit(model: torch.nn.Module, train_images: Mapping[str, Sequence[ImageInput]],
         val_images: Mapping[str, Sequence[ImageInput]] | None = None, **options: Any) -> dict[str, list]:
     """Train ``model`` (see the module docstring), then fill its prompt pool and calibrate ``kappa``.
 
@@ -272,7 +267,7 @@ def fit(model: "OneNIP", train_images: Mapping[str, Sequence[ImageInput]],
         _broadcast_state(model.backbone)  # frozen, so DDP would never sync it: every rank uses rank 0's
         network = torch.nn.parallel.DistributedDataParallel(
             network, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=model.config["decoder_variant"] == "v1_paper")
+            find_unused_parameters=model.config.decoder_variant == "v1_paper")
     optimizer = torch.optim.AdamW(model.reconstruction.parameters(), lr=opts.lr, betas=(0.9, 0.999),
                                   weight_decay=opts.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, opts.lr_step, opts.lr_gamma)
@@ -340,7 +335,7 @@ def fit(model: "OneNIP", train_images: Mapping[str, Sequence[ImageInput]],
     return history
 
 
-def _build_pool_and_calibrate(model: "OneNIP", images: Mapping[str, Sequence[ImageInput]],
+def _build_pool_and_calibrate(model: torch.nn.Module, images: Mapping[str, Sequence[ImageInput]],
                               opts: TrainOptions) -> None:
     """Prompt pool: ``pool_per_class`` random normal images per class; kappa: mid-range of S_rec over up to
     ``calibration_images`` random training images, each with a prompt of its own class."""

@@ -1,13 +1,15 @@
-"""Checkpoint I/O for OneNIP: the release's ``ckpt.pkl`` layout and ad_fast's own format.
+"""Checkpoint I/O for OneNIP: the release's ``ckpt.pkl`` layout and ad_fast 0.1's own format (read only).
 
 Release layout (``{"state_dict": model.state_dict()}`` of the DDP-wrapped model):
 
-- ``module.backbone.<lukemelas name>``: renamed to ``backbone.encoder.<timm name>`` with the MetaUAS mapping
-  (``metauas.weights``; same network). ``_fc.*`` (the ImageNet classifier, never used) is dropped.
+- ``module.backbone.<lukemelas name>``: renamed to ``backbone.encoder.<timm name>``
+  (:func:`ad_fast.models.components.efficientnet_b4.lukemelas_to_timm_key`, the encoder MetaUAS shares).
+  ``_fc.*`` (the ImageNet classifier, never used) is dropped.
 - ``module.reconstruction.*``: identical names in ad_fast (``pos_embed``, ``transformer``, ``input_proj``,
   ``output_proj``, ``seghead``).
 
-ad_fast format: ``torch.save({"format": "ad_fast.OneNIP", "format_version": 1, "config": {...},
+ad_fast 0.1 format (files written by ``save`` before the one model file of :class:`ad_fast.Detector`):
+``torch.save({"format": "ad_fast.OneNIP", "format_version": 1, "config": {...},
 "state_dict": {...}})`` of plain tensors, or a ``.safetensors`` file with format/version/config in its metadata.
 The state_dict holds the network (``backbone.*``, ``reconstruction.*``) and the prompt pool
 (``prompt_pool.features``); the config holds the constructor arguments, the pool's labels and the calibrated
@@ -22,16 +24,14 @@ from typing import Any, Mapping
 import torch
 
 from ... import checkpoints
-
-from ..metauas.weights import load_state_dict_strict, official_to_adfast_key
+from ..components.efficientnet_b4 import lukemelas_to_timm_key
 
 FORMAT_NAME = "ad_fast.OneNIP"
 FORMAT_VERSION = 1
 _DDP_PREFIX = "module."
 _DROPPED = ("backbone._fc.weight", "backbone._fc.bias")
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "is_release_layout", "load_state_dict_strict", "read_checkpoint",
-           "release_to_adfast", "write_checkpoint"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "is_release_layout", "read_checkpoint", "release_to_adfast"]
 
 
 def _strip_ddp(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -59,7 +59,7 @@ def release_to_adfast(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch
         try:
             if not key.startswith("backbone."):
                 raise KeyError(key)
-            renamed["backbone." + official_to_adfast_key("encoder." + key[len("backbone."):])] = value
+            renamed["backbone.encoder." + lukemelas_to_timm_key(key[len("backbone."):])] = value
         except KeyError:
             unknown.append(key)
     if unknown:
@@ -71,8 +71,3 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     """Read a checkpoint → (tensors, ad_fast config or ``None`` for a release/plain state_dict); see
     :func:`ad_fast.checkpoints.read_checkpoint` for what is accepted and raised."""
     return checkpoints.read_checkpoint(path, FORMAT_NAME, FORMAT_VERSION)
-
-
-def write_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> None:
-    """Write ad_fast's format: safetensors (``.safetensors`` suffix) or ``torch.save`` of plain tensors + config."""
-    checkpoints.write_checkpoint(path, state_dict, config, FORMAT_NAME, FORMAT_VERSION)

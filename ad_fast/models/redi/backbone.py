@@ -3,37 +3,13 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..._timm_compat import import_timm
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def load_state_dict_file(path: str | os.PathLike, name: str) -> dict[str, torch.Tensor]:
-    """Plain tensors from a ``.safetensors`` file or a ``torch.save`` file (read with ``weights_only=True``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{name}: weights file not found: {str(path)!r}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # corrupt or foreign file
-        raise ValueError(f"{name}: cannot read weights from {str(path)!r}: {error}") from error
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{name}: {str(path)!r} does not hold a state dict of tensors")
-    return state
-
+from ..components.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from ..components.weights import load_state_dict_file
 
 STEM = ("conv1", "bn1", "act1", "maxpool")
 

@@ -15,7 +15,6 @@ Training images are stored as uint8 at ``img_size`` (they double as the prompt b
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
@@ -24,7 +23,10 @@ from torch import nn
 from ...data import ImageInput, resize_image, to_image_batch
 from ...ops import anomaly_map
 from ...results import AnomalyResult
-from .. import register_model
+from ..base import Detector
+from ..components.weights import load_state_dict_strict
+from ..components.inputs import normal_images
+from ..registry import register_model
 from .backbone import FrozenBackbone
 from .config import ReDiConfig
 from .discriminate import DiscriminateStudent, LearnableExtractor
@@ -33,19 +35,12 @@ from .maps import build_map_transform, to_uint8
 from .prompt import retrieve_prompts
 from .recover import RecoverNetwork
 from .training import run_stage
-from .weights import load_model_file, save_model_file
 
 _FEATURE_CHUNK = 16
 
 
-def _normal_images(data) -> list[torch.Tensor]:
-    """The normal images of an :class:`ad_fast.data.AnomalyDataset` (label 0) as tensors [3, H, W]."""
-    normal = data.subset(label=0)
-    return [normal[i].image for i in range(len(normal))]
-
-
 @register_model("redi")
-class ReDi(nn.Module):
+class ReDi(Detector):
     """Recover-then-discriminate anomaly detector.
 
     Args:
@@ -71,8 +66,11 @@ class ReDi(nn.Module):
         model = ReDi(img_size=256, backbone_weights="wide_resnet50_2.pth")
         model.fit(train_images, checkpoint_dir="runs/bottle")     # both stages, resumable
         result = model.predict(test_images)                         # AnomalyResult
-        model.save("redi_bottle.safetensors"); ReDi.from_pretrained("redi_bottle.safetensors")
+        model.save("redi_bottle.safetensors"); ReDi.load("redi_bottle.safetensors")
     """
+
+    Config = ReDiConfig
+    default_batch_size = 8
 
     def __init__(
         self,
@@ -102,12 +100,13 @@ class ReDi(nn.Module):
         self.register_buffer("prompt_images", torch.zeros(0, 3, size, size, dtype=torch.uint8))
         self.register_buffer("prompt_features", torch.zeros(0, self.backbone.net.num_features))
         self.trained_stages: list[int] = []
+        self.history: dict[str, list[float]] = {}
+
+    @classmethod
+    def _from_config(cls, config: ReDiConfig) -> "ReDi":
+        return cls(config=config)
 
     # ----------------------------------------------------------------- building blocks
-
-    @property
-    def device(self) -> torch.device:
-        return self.prompt_features.device
 
     @property
     def uses_prompt(self) -> bool:
@@ -182,14 +181,14 @@ class ReDi(nn.Module):
         feats_x, feats_y = self.feature_pair(x, y)
         return discrimination_loss(feats_x, feats_y, self.config.self_corr_weight)
 
-    def fit(
+    def _fit(
         self,
         images: ImageInput | Sequence[ImageInput],
         checkpoint_dir: str | os.PathLike | None = None,
         resume: bool = True,
         progress: bool = True,
         stages: Sequence[int] = (1, 2),
-    ) -> dict[str, list[float]]:
+    ) -> None:
         """Train on normal images: stage 1 (recover network), then stage 2 (discriminate network).
 
         Args:
@@ -199,15 +198,13 @@ class ReDi(nn.Module):
             resume: continue from existing stage checkpoints in ``checkpoint_dir``.
             progress: show tqdm progress bars.
             stages: which stages to run, a subset of (1, 2), e.g. (2,) after loading a stage-1 model.
-        Returns:
-            ``{"recover": [mean loss per epoch], "discriminate": [...]}`` for the stages run.
+
+        ``self.history``: ``{"recover": [mean loss per epoch], "discriminate": [...]}`` for the stages run.
         """
         stages = tuple(stages)
         if not stages or any(s not in (1, 2) for s in stages) or len(set(stages)) != len(stages):
             raise ValueError(f"stages: expected a non-empty subset of (1, 2), got {stages!r}")
-        if hasattr(images, "subset") and hasattr(images, "records"):
-            images = _normal_images(images)
-        x, _ = self.preprocess(images)
+        x, _ = self.preprocess(normal_images(images, "images")[0])
         if x.shape[0] < 2:
             raise ValueError(f"images: ReDi needs at least 2 normal training images, got {x.shape[0]}")
         x = to_uint8(x).to(self.device).float() / 255.0
@@ -230,7 +227,7 @@ class ReDi(nn.Module):
             history["discriminate"] = run_stage(2, self.student, step, x.shape[0], self.config, checkpoint_dir, resume, progress)
             self._mark_trained(2)
         self.eval()
-        return history
+        self.history = history
 
     def _mark_trained(self, stage: int) -> None:
         self.trained_stages = sorted(set(self.trained_stages) | {stage})
@@ -281,18 +278,11 @@ class ReDi(nn.Module):
         )
         return {"anomaly_map": amap, "pred_score": score, **out, "recovered": (y + 1.0) / 2.0}
 
-    def predict(
-        self,
-        images: ImageInput | Sequence[ImageInput],
-        batch_size: int = 8,
-        resize_to_input: bool = False,
-        return_recovered: bool = False,
-    ) -> AnomalyResult:
-        """Anomaly maps and scores of test images.
+    def _predict_batch(self, items: list, resize_to_input: bool = False,
+                       return_recovered: bool = False) -> AnomalyResult:
+        """Anomaly maps and scores of one batch of test images (resized to ``img_size``).
 
         Args:
-            images: anything :func:`ad_fast.data.to_image_batch` accepts; resized to ``img_size``.
-            batch_size: images per forward pass.
             resize_to_input: resize the maps back to the input size (all inputs must share one size).
             return_recovered: put the recovered images Y (Tensor[B, 3, S, S] in [0, 1]) into ``extras``.
         Returns:
@@ -302,59 +292,32 @@ class ReDi(nn.Module):
         ready = self.prompt_features.shape[0] > 0 if self.uses_prompt else bool(self.trained_stages)
         if not ready:
             what = "no prompt bank" if self.uses_prompt else "no trained stage"
-            raise RuntimeError(f"ReDi.predict: the model has {what} yet; call fit() or from_pretrained() first")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
-        x, sizes = self.preprocess(images)
+            raise RuntimeError(f"ReDi.predict: the model has {what} yet; call fit() or load() first")
+        x, sizes = self.preprocess(items)
         if resize_to_input and len(set(sizes)) != 1:
             raise ValueError(f"resize_to_input: inputs have different sizes {sorted(set(sizes))}; predict them separately")
         was_training = self.training
         self.eval()
         try:
-            with torch.inference_mode():
-                parts = [self(chunk) for chunk in x.split(batch_size)]
+            out = self(x)
         finally:
             self.train(was_training)
-        merged = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
-        extras = {key: merged[key] for key in ("prompt_index", "prompt_similarity") if key in merged}
+        extras = {key: out[key] for key in ("prompt_index", "prompt_similarity") if key in out}
         if return_recovered:
-            extras["recovered"] = merged["recovered"]
-        result = AnomalyResult(merged["anomaly_map"].float(), merged["pred_score"].float(), extras=extras)
+            extras["recovered"] = out["recovered"]
+        result = AnomalyResult(out["anomaly_map"].float(), out["pred_score"].float(), extras=extras)
         return result.resized(sizes[0]) if resize_to_input else result
 
-    def export(self, path: str | os.PathLike, format: str = "onnx", **options) -> Path:
-        """Write the inference graph, ending in the decision, to one ONNX file: see
-        :func:`ad_fast.export.export_model`. Returns the written path."""
-        from ...export import export_model
+    # ----------------------------------------------------------------- model file
 
-        return export_model(self, path, format, **options)
+    def _state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """Every weight and the prompt bank (``prompt_images`` uint8, ``prompt_features``); the trained stages."""
+        return dict(self.state_dict()), {"trained_stages": list(self.trained_stages)}
 
-    # ----------------------------------------------------------------- persistence
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write weights, prompt bank and configuration to one ``.safetensors`` file."""
-        info = {"config": self.config.to_dict(), "trained_stages": list(self.trained_stages)}
-        save_model_file(path, self.state_dict(), info)
-
-    @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "ReDi":
-        """Rebuild a model written by :meth:`save` (strict key and shape check)."""
-        state, info = load_model_file(path)
-        try:
-            config = ReDiConfig.from_dict(info["config"])
-            stages = [int(s) for s in info.get("trained_stages", [])]
-        except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"path: invalid ReDi configuration in {str(path)!r}: {error}") from error
-        model = cls(config=config)
+    def _restore(self, tensors: dict[str, torch.Tensor], state: dict, mmap: bool) -> None:
         for name in ("prompt_images", "prompt_features"):
-            if name not in state:
-                raise ValueError(f"path: {str(path)!r} lacks the tensor {name!r}")
-            setattr(model, name, torch.empty_like(state[name]))
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as error:
-            raise ValueError(f"path: weights in {str(path)!r} do not fit the stored configuration: {error}") from error
-        model.trained_stages = stages
-        return model.to(map_location).eval()
-
-    load = from_pretrained
+            if name not in tensors:
+                raise ValueError(f"path: the ReDi file lacks the tensor {name!r}")
+            setattr(self, name, torch.empty_like(tensors[name]))
+        load_state_dict_strict(self, tensors, "ReDi", assign=mmap)
+        self.trained_stages = [int(s) for s in state.get("trained_stages", [])]

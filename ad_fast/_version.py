@@ -1,0 +1,3 @@
+"""The ad_fast version, recorded in every model file."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,2 @@
+"""Parts shared by the four methods (one copy each): ImageNet constants, user-input handling, backbone weight
+files, the labelled prompt bank. Nothing here imports a method."""
