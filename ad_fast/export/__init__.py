@@ -5,6 +5,7 @@ Run the file with :class:`ad_fast.deploy.Inferencer` (no torch needed) or any ON
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import os
 from pathlib import Path
@@ -17,30 +18,16 @@ from .onnx import check_options, check_path, require_exporter, write_onnx
 FORMATS = ("onnx",)
 
 
+METHODS = ("dmad", "metauas", "onenip", "redi")
+
+
 def _builder(model: Any) -> tuple[str, Any]:
-    """(method name, graph builder) for ``model``'s class."""
-    from ..models.dmad import DMAD
-    from ..models.metauas import MetaUAS
-    from ..models.onenip import OneNIP
-    from ..models.redi import ReDi
-
-    if isinstance(model, MetaUAS):
-        from .metauas import build
-
-        return "metauas", build
-    if isinstance(model, DMAD):
-        from .dmad import build
-
-        return "dmad", build
-    if isinstance(model, OneNIP):
-        from .onenip import build
-
-        return "onenip", build
-    if isinstance(model, ReDi):
-        from .redi import build
-
-        return "redi", build
-    raise TypeError(f"model: expected one of ad_fast's MetaUAS, DMAD, OneNIP or ReDi, got {type(model).__name__}")
+    """(method name, graph builder) for ``model``: ``ad_fast.export.<method>.build``, imported by name so that the
+    Detector base, which calls this package, imports no method."""
+    method = getattr(model, "method", None)
+    if not isinstance(model, torch.nn.Module) or method not in METHODS:
+        raise TypeError(f"model: expected one of ad_fast's MetaUAS, DMAD, OneNIP or ReDi, got {type(model).__name__}")
+    return method, importlib.import_module(f"{__name__}.{method}").build
 
 
 def export_model(model: Any, path: str | os.PathLike, format: str = "onnx", *, batch_size: int | None = None,

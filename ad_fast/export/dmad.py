@@ -10,23 +10,27 @@ size when every input of a call shares one; the graph's maps are at ``image_size
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..deploy.metadata import Preprocess
-from ..models.dmad import DMAD
 from ..ops import anomaly_map, gaussian_blur
 from .graph import MethodGraph
 from .nearest import NearestL2
 
 _BANK_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
+if TYPE_CHECKING:
+    from ..models.dmad import DMAD
+
 
 class DMADGraph(nn.Module):
     """``images [B, 3, S, S]`` in [0, 1] → ``(anomaly_map [B, 1, S, S], pred_score [B])``."""
 
-    def __init__(self, model: DMAD, bank_dtype: torch.dtype) -> None:
+    def __init__(self, model: "DMAD", bank_dtype: torch.dtype) -> None:
         super().__init__()
         self.encoder, self.mode = model.encoder, model.mode
         self.normal = NearestL2(model.normal_bank.rows, bank_dtype)
@@ -59,7 +63,7 @@ class DMADGraph(nn.Module):
         return amap, score
 
 
-def build(model: DMAD, bank_dtype: str | None = None) -> MethodGraph:
+def build(model: "DMAD", bank_dtype: str | None = None) -> MethodGraph:
     """``bank_dtype``: ``"float32"`` or ``"float16"`` storage of the banks in the file (default: the model's)."""
     if model.normal_bank is None or (model.mode == "dmad" and model.mapper is None):
         raise RuntimeError("DMAD: call fit() or load() before export()")

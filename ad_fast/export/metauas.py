@@ -7,21 +7,25 @@ their reference math. The side S defaults to the model's ``img_size`` and can be
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from ..deploy.metadata import Preprocess
 from ..models.components.imagenet import IMAGENET_MEAN, IMAGENET_STD
-from ..models.metauas import MetaUAS
 from ..models.metauas.config import check_img_size
 from ..models.metauas.encoding import image_scores
 from .graph import MethodGraph
+
+if TYPE_CHECKING:
+    from ..models.metauas import MetaUAS
 
 
 class MetaUASGraph(nn.Module):
     """``(query [B, 3, S, S], prompt [B, 3, S, S])`` → ``(anomaly_map [B, 1, S, S], pred_score [B])``."""
 
-    def __init__(self, model: MetaUAS) -> None:
+    def __init__(self, model: "MetaUAS") -> None:
         super().__init__()
         self.model = model
 
@@ -30,7 +34,7 @@ class MetaUASGraph(nn.Module):
         return maps, image_scores(maps)
 
 
-def build(model: MetaUAS, img_size: int | None = None) -> MethodGraph:
+def build(model: "MetaUAS", img_size: int | None = None) -> MethodGraph:
     size = model.img_size if img_size is None else img_size
     check_img_size(size)
     preprocess = Preprocess(size=(size, size), align_corners=True, antialias=False, clamp=False,

@@ -8,22 +8,26 @@ one normal image per query. ``kappa`` and ``alpha`` are constants of the graph.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from ..deploy.metadata import Preprocess
-from ..models.onenip import OneNIP
 from ..models.onenip import scoring
 from ..models.components.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from .graph import MethodGraph
 from .nearest import NearestCosine
+
+if TYPE_CHECKING:
+    from ..models.onenip import OneNIP
 
 
 class OneNIPGraph(nn.Module):
     """``images [B, 3, S, S]`` (and, without a pool, ``prompt [B, 3, S, S]``) in [0, 1] →
     ``(anomaly_map [B, 1, S, S], pred_score [B])``."""
 
-    def __init__(self, model: OneNIP) -> None:
+    def __init__(self, model: "OneNIP") -> None:
         super().__init__()
         self.model, self.kappa = model, float(model.kappa)
         self.pool = None
@@ -44,7 +48,7 @@ class OneNIPGraph(nn.Module):
         return amap, scoring.image_score(amap, model.avgpool_size)
 
 
-def build(model: OneNIP) -> MethodGraph:
+def build(model: "OneNIP") -> MethodGraph:
     if model.kappa is None:
         raise RuntimeError("OneNIP: the model is not calibrated (kappa); fit() it or call calibrate() before export()")
     size = model.img_size

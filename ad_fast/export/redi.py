@@ -6,21 +6,25 @@ Only the HOG input map is exportable: the Sobel / Roberts / Canny ablation maps 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from ..deploy.metadata import Preprocess
-from ..models.redi import ReDi
 from ..models.components.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from ..ops import anomaly_map
 from .graph import MethodGraph
 from .nearest import NearestCosine
 
+if TYPE_CHECKING:
+    from ..models.redi import ReDi
+
 
 class ReDiGraph(nn.Module):
     """``images [B, 3, S, S]`` in [0, 1] → ``(anomaly_map [B, 1, S, S], pred_score [B])``."""
 
-    def __init__(self, model: ReDi) -> None:
+    def __init__(self, model: "ReDi") -> None:
         super().__init__()
         self.model = model
         if model.uses_prompt:
@@ -39,7 +43,7 @@ class ReDiGraph(nn.Module):
                            blur_sigma=model.config.blur_sigma or None, return_score=True)
 
 
-def build(model: ReDi) -> MethodGraph:
+def build(model: "ReDi") -> MethodGraph:
     ready = model.prompt_features.shape[0] > 0 if model.uses_prompt else bool(model.trained_stages)
     if not ready:
         raise RuntimeError("ReDi: call fit() or from_pretrained() before export()")
