@@ -56,20 +56,24 @@ def export(out: Path) -> None:
 
 
 def run(out: Path) -> None:
+    import importlib.util
+
     assert "torch" not in sys.modules
     from ad_fast.deploy import Inferencer
 
     expected = np.load(out / "expected.npz")
     paths = sorted(str(p) for p in out.glob("image_*.png"))
+    backends = [b for b in ("onnxruntime", "openvino") if importlib.util.find_spec(b) is not None]
     for name in ("dmad", "onenip", "redi", "metauas"):
-        model = Inferencer(out / f"{name}.onnx")
-        got = model.predict(paths, prompt=[paths[0]] if name == "metauas" else None)
-        for field in ("anomaly_map", "pred_score"):
-            np.testing.assert_allclose(getattr(got, field), expected[f"{name}.{field}"], rtol=0, atol=ATOL)
-        np.testing.assert_array_equal(got.pred_label, expected[f"{name}.pred_label"])
-        assert (got.pred_mask != expected[f"{name}.pred_mask"]).mean() < 1e-3
-        print(f"{name}: {model.backend} matches PyTorch (max map error "
-              f"{np.abs(got.anomaly_map - expected[name + '.anomaly_map']).max():.1e})")
+        for backend in backends:
+            model = Inferencer(out / f"{name}.onnx", backend=backend)
+            got = model.predict(paths, prompt=[paths[0]] if name == "metauas" else None)
+            for field in ("anomaly_map", "pred_score"):
+                np.testing.assert_allclose(getattr(got, field), expected[f"{name}.{field}"], rtol=0, atol=ATOL)
+            np.testing.assert_array_equal(got.pred_label, expected[f"{name}.pred_label"])
+            assert (got.pred_mask != expected[f"{name}.pred_mask"]).mean() < 1e-3
+            print(f"{name}: {backend} matches PyTorch (max map error "
+                  f"{np.abs(got.anomaly_map - expected[name + '.anomaly_map']).max():.1e})")
     assert "torch" not in sys.modules, "the runtime imported torch"
 
 

@@ -437,8 +437,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    from .export import METHODS
+
     model, new = _model(args, "cpu")
-    if not callable(getattr(model, "export", None)):
+    if getattr(model, "method", None) not in METHODS:
         raise CLIError(f"{args.method or args.model}: this model has no ONNX export (MetaUAS, DMAD, OneNIP and ReDi "
                        "have one)")
     options = {name: value for name, value in (("img_size", args.img_size), ("bank_dtype", args.bank_dtype))
