@@ -453,17 +453,22 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 class _DeployedModel:
-    """An exported ``.onnx`` file behind ``predict(images) -> AnomalyResult``, run by :mod:`ad_fast.deploy`."""
+    """An exported ``.onnx`` file behind ``predict(images, prompt=None) -> AnomalyResult``, run by :mod:`ad_fast.deploy`.
+
+    ``decision`` is None: a decision, if the model had one, is inside the graph (its results are already decided)."""
+
+    decision = None
+    pool = None
 
     def __init__(self, path: str) -> None:
         from .deploy import Inferencer
 
         self.inferencer = Inferencer(path)
+        self.method = self.inferencer.method
 
-    def predict(self, images: Any) -> Any:
-        tensors = images if isinstance(images, (list, tuple)) else list(images)
-        arrays = [t.permute(1, 2, 0).numpy() if isinstance(t, torch.Tensor) else t for t in tensors]
-        return self.inferencer.predict(arrays, batch_size=max(1, len(arrays))).to_anomaly_result()
+    def predict(self, images: Any, prompt: Any = None) -> Any:
+        arrays = [t.permute(1, 2, 0).numpy() if isinstance(t, torch.Tensor) else t for t in images]
+        return self.inferencer.predict(arrays, prompt=prompt, batch_size=max(1, len(arrays))).to_anomaly_result()
 
 
 if __name__ == "__main__":  # pragma: no cover
