@@ -145,11 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=cmd_demo)
 
     export = commands.add_parser(
-        "export", help="write a model's inference graph to an ONNX file (MetaUAS)",
-        description="--model CKPT (add --method metauas for an official checkpoint), or --method metauas alone for "
-                    "random initial weights (e.g. to try a runtime)")
+        "export", help="write a fitted model's inference graph, with its decision, to an ONNX file",
+        description="--model FILE (a model saved by `ad-fast fit`, or an official MetaUAS checkpoint with --method "
+                    "metauas), or --method metauas alone for random initial weights (e.g. to try a runtime). Run the "
+                    "file with `ad-fast predict --model FILE.onnx` or ad_fast.deploy.Inferencer (no torch needed).")
     _model_args(export)
-    export.add_argument("--img-size", type=int, help="input side S of the graph (default: the model's img_size)")
+    export.add_argument("--img-size", type=int, help="MetaUAS: input side S of the graph (default: the model's)")
+    export.add_argument("--bank-dtype", choices=("float32", "float16"),
+                        help="DMAD: storage of the banks in the file (default: the banks' own dtype)")
     export.add_argument("--batch-size", type=int, help="fix the batch axis to N (default: dynamic)")
     export.add_argument("--opset", type=int, help="ONNX opset, >= 18 (default: 18)")
     export.add_argument("--output", "-o", required=True, help="the .onnx file to write")
@@ -243,6 +246,10 @@ def _model(args: argparse.Namespace, device: str) -> tuple[Any, bool]:
     """(model, needs_fit)."""
     from .models import load_model
 
+    if getattr(args, "model", None) and str(args.model).lower().endswith(".onnx"):
+        if args.option or args.mmap or args.method:
+            raise CLIError("--option, --mmap and --method do not apply to an exported .onnx --model")
+        return _DeployedModel(args.model), False
     if getattr(args, "model", None):
         if args.option:
             raise CLIError("--option applies to --method, not to a saved --model")
@@ -676,13 +683,38 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    from .export import METHODS
+
     model, new = _model(args, "cpu")
-    if not callable(getattr(model, "export_onnx", None)):
-        raise CLIError(f"{args.method or args.model}: this model has no ONNX export (MetaUAS has one)")
-    path = model.export_onnx(args.output, img_size=args.img_size, batch_size=args.batch_size, opset=args.opset)
+    if getattr(model, "method", None) not in METHODS:
+        raise CLIError(f"{args.method or args.model}: this model has no ONNX export (MetaUAS, DMAD, OneNIP and ReDi "
+                       "have one)")
+    options = {name: value for name, value in (("img_size", args.img_size), ("bank_dtype", args.bank_dtype))
+               if value is not None}
+    path = model.export(args.output, "onnx", batch_size=args.batch_size, opset=args.opset, **options)
     batch = "dynamic batch" if args.batch_size is None else f"batch {args.batch_size}"
     weights = ", random initial weights" if new else ""
-    print(f"exported {type(model).__name__} ({batch}{weights}) -> {path}")
+    decision = "" if getattr(model, "decision", None) is not None else ", no decision: raw outputs"
+    print(f"exported {type(model).__name__} ({batch}{weights}{decision}) -> {path}")
+
+
+class _DeployedModel:
+    """An exported ``.onnx`` file behind ``predict(images, prompt=None) -> AnomalyResult``, run by :mod:`ad_fast.deploy`.
+
+    ``decision`` is None: a decision, if the model had one, is inside the graph (its results are already decided)."""
+
+    decision = None
+    pool = None
+
+    def __init__(self, path: str) -> None:
+        from .deploy import Inferencer
+
+        self.inferencer = Inferencer(path)
+        self.method = self.inferencer.method
+
+    def predict(self, images: Any, prompt: Any = None) -> Any:
+        arrays = [t.permute(1, 2, 0).numpy() if isinstance(t, torch.Tensor) else t for t in images]
+        return self.inferencer.predict(arrays, prompt=prompt, batch_size=max(1, len(arrays))).to_anomaly_result()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from dataclasses import asdict, fields
 from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
@@ -197,6 +198,13 @@ class Detector(nn.Module):
         options (e.g. DMAD's ``bank_dtype``)."""
         tensors, state = self._state(**options)
         write_safetensors(path, tensors, model_file_metadata(self.method, asdict(self.config), state, self.decision))
+
+    def export(self, path: str | os.PathLike, format: str = "onnx", **options: Any) -> Path:
+        """Write the inference graph, ending in :attr:`decision`, to one ONNX file that runs without torch
+        (:class:`ad_fast.deploy.Inferencer`); see :func:`ad_fast.export.export_model`. Returns the written path."""
+        from ..export import export_model
+
+        return export_model(self, path, format, **options)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu", mmap: bool = False,

@@ -44,9 +44,9 @@ class KnowledgeEnhancer(nn.Module):
         """(k_n, k_a), each shaped like ``q`` ``[..., N, C]``. Image attention needs whole images ``[B, N, C]``."""
         k_n, k_a = q - nn_normal, q - nn_abnormal
         if self.attention == "image":
-            keys, values = self.key(q), self.value(q)
-            k_n = k_n + F.scaled_dot_product_attention(nn_normal, keys, values)
-            k_a = k_a + F.scaled_dot_product_attention(nn_abnormal, keys, values)
+            keys, values = self.key(q).unsqueeze(-3), self.value(q).unsqueeze(-3)  # one head: [B, 1, N, C]
+            k_n = k_n + F.scaled_dot_product_attention(nn_normal.unsqueeze(-3), keys, values).squeeze(-3)
+            k_a = k_a + F.scaled_dot_product_attention(nn_abnormal.unsqueeze(-3), keys, values).squeeze(-3)
         elif self.attention == "per_patch":
             values = self.value(q)
             k_n, k_a = k_n + values, k_a + values

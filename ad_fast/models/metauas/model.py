@@ -210,17 +210,8 @@ class MetaUAS(Detector):
 
     def export_onnx(self, path: str | os.PathLike, *, img_size: int | None = None, batch_size: int | None = None,
                     opset: int | None = None) -> Path:
-        """Export :meth:`forward` plus the image score to one ONNX file (needs ``pip install 'ad_fast[onnx]'``).
-
-        Inputs ``query``, ``prompt (float32[B, 3, S, S])`` RGB in [0, 1], one prompt per query (normalisation is in
-        the graph, resizing is not); outputs ``anomaly_map (float32[B, 1, S, S])`` in [0, 1] and ``pred_score
-        (float32[B])`` = map maximum. ``S = img_size`` (default ``self.img_size``); ``batch_size=None`` (default)
-        makes B dynamic; ``opset`` >= 18 (default 18). Soft alignment is traced through its reference math.
-        See :func:`ad_fast.models.metauas.onnx_export.export_onnx`. Returns the written path.
-        """
-        from .onnx_export import export_onnx
-
-        return export_onnx(self, path, img_size=img_size, batch_size=batch_size, opset=opset)
+        """``export(path, "onnx", ...)`` under its earlier name."""
+        return self.export(path, "onnx", img_size=img_size, batch_size=batch_size, opset=opset)
 
     # ---------------------------------------------------------------------------------------------- inference
     def prepare(self, images: ImageInput | Sequence[ImageInput], name: str = "images") -> tuple[torch.Tensor, list[tuple[int, int]]]:

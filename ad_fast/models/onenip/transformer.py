@@ -203,10 +203,12 @@ class Transformer(nn.Module):
         if not self.decoder.uses_prompt:
             return self.decoder(None, self.encoder(image, pos, mask), pos, mask)
         batch, prompts = image.shape[1], prompt.shape[1]
+        one_each = prompt_index is None and prompts == batch  # decided from shapes: an exported graph stays static
         if prompt_index is None:
             prompt_index = torch.arange(batch, device=image.device) % prompts
         encoded = self.encoder(torch.cat([image, prompt], dim=1), pos, mask)
         image, prompt = encoded[:, :batch], encoded[:, batch:]
-        if prompts != batch or not torch.equal(prompt_index, torch.arange(batch, device=prompt_index.device)):
+        if not one_each and (prompts != batch or
+                             not torch.equal(prompt_index, torch.arange(batch, device=prompt_index.device))):
             prompt = prompt.index_select(1, prompt_index)
         return self.decoder(prompt, image, pos, mask)
