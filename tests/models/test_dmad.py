@@ -165,7 +165,7 @@ def test_filter_keeps_patches_whose_bilinear_mask_is_positive():
 
 # ------------------------------------------------------------------------------------------------ models
 def test_memory_bank_mode_separates_defects_and_bank_follows_ratio(memory_bank_model, demo):
-    n_images = (12 - round(0.2 * 12)) * len(CATEGORIES)  # fit holds 20 % out to learn the thresholds
+    n_images = 12 * len(CATEGORIES) - round(0.2 * 12 * len(CATEGORIES))  # 20 % of the images held out of fit
     patches = n_images * (SIZE // 8) ** 2
     assert len(memory_bank_model.normal_bank) == int(patches * 0.1)
     assert memory_bank_model.abnormal_bank is None
