@@ -8,8 +8,8 @@
 // float16/bfloat16 bank); per query and bank split (k + kSlack) candidates. Nothing grows with M x N.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include <algorithm>
