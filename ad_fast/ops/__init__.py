@@ -20,13 +20,15 @@ from .soft_align import hard_align, soft_align
 
 
 def backend_info() -> dict[str, object]:
-    """What the compiled extension provides: ``{"compiled": bool, "backends": [...], "cuda_available": bool,
-    "selected": "auto"|"kernel"|"reference", "error": str | None}``."""
+    """What the compiled extension provides: ``{"compiled": bool, "backends": [...], "cpu_capability":
+    "default"|"avx2"|"avx512"|None, "cuda_available": bool, "selected": "auto"|"kernel"|"reference",
+    "error": str | None}``."""
     import torch
 
     return {
         "compiled": _extension.has_ops(),
         "backends": sorted(_extension.build_info()),
+        "cpu_capability": _extension.cpu_capability(),
         "cuda_available": torch.cuda.is_available(),
         "selected": get_backend(),
         "error": _extension.load_error(),

@@ -11,6 +11,7 @@
 
 #include "anomaly_map/anomaly_map_common.h"
 #include "common/checks.h"
+#include "common/cpu_isa.h"
 
 namespace ad_fast {
 namespace anomaly_map {
@@ -79,7 +80,7 @@ at::Tensor level_distance(const at::Tensor& a, const at::Tensor& b, bool cosine)
   const auto as = a.strides();
   const auto bs = b.strides();
   const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, C * W / 64));
-  at::parallel_for(0, B * H, grain, [&](int64_t begin, int64_t end) {
+  cpu::parallel_for(0, B * H, grain, [&](int64_t begin, int64_t end) {
     std::vector<scalar_t> acc;
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / H, h = row % H;
@@ -101,7 +102,7 @@ void upsample_sum_rows(const std::vector<at::Tensor>& dists, const std::vector<L
                        const std::vector<double>& weights, int64_t B, int64_t H, int64_t W, scalar_t* dst,
                        const std::vector<scalar_t>& blur_taps) {
   const int radius = static_cast<int>(blur_taps.size() / 2);
-  at::parallel_for(0, B * H, 16, [&](int64_t begin, int64_t end) {
+  cpu::parallel_for(0, B * H, 16, [&](int64_t begin, int64_t end) {
     std::vector<scalar_t> row(W);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / H, y = r % H;
@@ -144,7 +145,7 @@ template <typename scalar_t>
 void vertical_blur(const scalar_t* src, scalar_t* dst, int64_t B, int64_t H, int64_t W,
                    const std::vector<scalar_t>& blur_taps) {
   const int radius = static_cast<int>(blur_taps.size() / 2);
-  at::parallel_for(0, B * H, 16, [&](int64_t begin, int64_t end) {
+  cpu::parallel_for(0, B * H, 16, [&](int64_t begin, int64_t end) {
     std::vector<const scalar_t*> rows(2 * radius + 1);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / H, y = r % H;

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/cpu_isa.h"
 #include "hog/hog_args.h"
 #include "hog/hog_common.h"
 
@@ -192,7 +193,7 @@ template <typename out_t>
 void normalise_blocks(const float* hist, const HogGeometry& g, out_t* out) {
   const int64_t n = g.orientations, row_stride = g.cells_c * n;
   const int64_t block_len = int64_t(g.block_h) * g.block_w * n;
-  at::parallel_for(0, g.batch * g.blocks_r, 1, [&](int64_t begin, int64_t end) {
+  cpu::parallel_for(0, g.batch * g.blocks_r, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / g.blocks_r, br = task % g.blocks_r;
       for (int64_t bc = 0; bc < g.blocks_c; ++bc) {
@@ -215,7 +216,7 @@ void hog_cpu_impl(const at::Tensor& images, const HogGeometry& g, bool transform
   float* hist_ptr = hist.mutable_data_ptr<float>();
   out_t* image_ptr = hog_image != nullptr ? hog_image->mutable_data_ptr<out_t>() : nullptr;
   const int64_t row_len = g.cells_c * g.orientations;
-  at::parallel_for(0, g.batch * g.cells_r, 1, [&](int64_t begin, int64_t end) {
+  cpu::parallel_for(0, g.batch * g.cells_r, 1, [&](int64_t begin, int64_t end) {
     Scratch<T> scratch;
     std::vector<int64_t> line_offsets;
     std::vector<int> line_starts;

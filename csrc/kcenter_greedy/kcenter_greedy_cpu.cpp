@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/cpu_isa.h"
 #include "kcenter_greedy/kcenter_greedy_checks.h"
 #include "kcenter_greedy/kcenter_greedy_common.h"
 
@@ -64,12 +65,12 @@ struct Search {
     float* newest = centers.data() + t * d;
     std::copy(z + center * d, z + (center + 1) * d, newest);
     const float* earlier = centers.data();
-    at::parallel_for(0, t, 2048 * 128 / std::max<int64_t>(d, 1), [&](int64_t begin, int64_t end) {
+    cpu::parallel_for(0, t, 2048 * 128 / std::max<int64_t>(d, 1), [&](int64_t begin, int64_t end) {
       for (int64_t s = begin; s < end; ++s) to_newest[s] = distance(earlier + s * d, newest, d);
     });
     const float margin = skip_margin(d);
     const int64_t grain = std::max<int64_t>(1, (1 << 22) / (kRowsPerChunk * std::max<int64_t>(d, 1)));
-    at::parallel_for(0, chunks(), grain, [&](int64_t begin, int64_t end) {
+    cpu::parallel_for(0, chunks(), grain, [&](int64_t begin, int64_t end) {
       for (int64_t c = begin; c < end; ++c) {
         const int64_t r0 = c * kRowsPerChunk, r1 = std::min(n, r0 + kRowsPerChunk);
         bool changed = false;

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/cpu_isa.h"
 #include "knn/knn_checks.h"
 #include "knn/knn_common.h"
 
@@ -71,7 +72,7 @@ void key_coefficients(const at::Tensor& bank, const c10::optional<at::Tensor>& s
   } else {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, bank.scalar_type(), "knn_bank_norms", [&] {
       const scalar_t* b = bank.const_data_ptr<scalar_t>();
-      at::parallel_for(0, N, 256, [&](int64_t begin, int64_t end) {
+      cpu::parallel_for(0, N, 256, [&](int64_t begin, int64_t end) {
         for (int64_t j = begin; j < end; ++j) {
           double acc = 0;
           for (int64_t d = 0; d < D; ++d) {
@@ -200,7 +201,7 @@ void finish(const at::Tensor& query, const at::Tensor& bank, int64_t k, Metric m
   const B* b = bank.const_data_ptr<B>();
   T* out_d = dist.mutable_data_ptr<T>();
   int64_t* out_i = index.mutable_data_ptr<int64_t>();
-  at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) {
+  cpu::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> ids;
     std::vector<std::pair<std::pair<double, int64_t>, double>> scored;  // ((rank, index), distance)
     for (int64_t m = begin; m < end; ++m) {
@@ -245,7 +246,7 @@ void knn_cpu_impl(const at::Tensor& query, const at::Tensor& bank, int64_t k, Me
   std::vector<T> cand_key(splits * M * cand.cap);
   std::atomic<bool> nonfinite{false};
 
-  at::parallel_for(0, query_blocks * splits, 1, [&](int64_t begin, int64_t end) {
+  cpu::parallel_for(0, query_blocks * splits, 1, [&](int64_t begin, int64_t end) {
     at::Tensor prod_buf = at::empty({query_block * kBankTile}, query.options());
     at::Tensor tile_buf = bank.scalar_type() == query.scalar_type() ? at::Tensor()
                                                                      : at::empty({kBankTile, D}, query.options());

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/cpu_isa.h"
 #include "soft_align/soft_align_checks.h"
 
 namespace ad_fast {
@@ -26,7 +27,7 @@ void match_kernel(const at::Tensor& q, const at::Tensor& k_unit, const at::Tenso
                   at::Tensor& index) {
   const int64_t B = q.size(0), Nq = q.size(2), Np = k_unit.size(2);
   const int64_t n_qtiles = (Nq + kQueryTile - 1) / kQueryTile;
-  at::parallel_for(0, B * n_qtiles, 1, [&](int64_t begin, int64_t end) {
+  cpu::parallel_for(0, B * n_qtiles, 1, [&](int64_t begin, int64_t end) {
     // Worker threads do not inherit the caller's dispatch state: keep the tile ops below autograd (inputs may
     // require grad; out= ops refuse those).
     const at::AutoDispatchBelowADInplaceOrView below_autograd;

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/cpu_isa.h"
 #include "soft_align/soft_align_checks.h"
 
 namespace ad_fast {
@@ -51,29 +52,34 @@ inline float fast_exp(float x) {
 
 inline double fast_exp(double x) { return std::exp(x); }
 
-// The row helpers stay out of line: inlined into the tile loop, GCC no longer vectorises them.
+// The row helpers stay out of line (inlined into the tile loop, GCC no longer vectorises them), so each
+// dispatches itself (common/cpu_isa.h).
 // In place over one row of n logits: row = scale * row; returns the row max.
 template <typename scalar_t>
 __attribute__((noinline)) scalar_t scale_and_max(scalar_t* row, int64_t n, scalar_t scale) {
-  scalar_t mx = -std::numeric_limits<scalar_t>::infinity();
+  return cpu::dispatch([&] {
+    scalar_t mx = -std::numeric_limits<scalar_t>::infinity();
 #pragma omp simd reduction(max : mx)
-  for (int64_t j = 0; j < n; ++j) {
-    row[j] *= scale;
-    mx = std::max(mx, row[j]);
-  }
-  return mx;
+    for (int64_t j = 0; j < n; ++j) {
+      row[j] *= scale;
+      mx = std::max(mx, row[j]);
+    }
+    return mx;
+  });
 }
 
 // In place over one row: row = exp(row - shift); returns the row sum.
 template <typename scalar_t>
 __attribute__((noinline)) scalar_t exp_and_sum(scalar_t* row, int64_t n, scalar_t shift) {
-  scalar_t sum = 0;
+  return cpu::dispatch([&] {
+    scalar_t sum = 0;
 #pragma omp simd reduction(+ : sum)
-  for (int64_t j = 0; j < n; ++j) {
-    row[j] = fast_exp(row[j] - shift);
-    sum += row[j];
-  }
-  return sum;
+    for (int64_t j = 0; j < n; ++j) {
+      row[j] = fast_exp(row[j] - shift);
+      sum += row[j];
+    }
+    return sum;
+  });
 }
 
 // A view of the first rows*cols elements of a flat buffer as a contiguous [rows, cols] matrix.
@@ -87,7 +93,7 @@ void forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
   const int64_t B = q.size(0), Nq = q.size(2), Np = k.size(2), Cv = v.size(1);
   const int64_t n_qtiles = (Nq + kQueryTile - 1) / kQueryTile;
   const scalar_t s = static_cast<scalar_t>(scale);
-  at::parallel_for(0, B * n_qtiles, 1, [&](int64_t begin, int64_t end) {
+  cpu::parallel_for(0, B * n_qtiles, 1, [&](int64_t begin, int64_t end) {
     // Worker threads do not inherit the caller's dispatch state: keep the tile ops below autograd (inputs may
     // require grad; out= ops refuse those).
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -148,7 +154,7 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& q, const at::
   const int64_t groups = dq_parts.size(1);
   const int64_t n_ptiles = (Np + kPromptTile - 1) / kPromptTile;
   const scalar_t s = static_cast<scalar_t>(scale);
-  at::parallel_for(0, B * groups, 1, [&](int64_t begin, int64_t end) {
+  cpu::parallel_for(0, B * groups, 1, [&](int64_t begin, int64_t end) {
     // Worker threads do not inherit the caller's dispatch state: keep the tile ops below autograd (inputs may
     // require grad; out= ops refuse those).
     const at::AutoDispatchBelowADInplaceOrView below_autograd;

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..._timm_compat import import_timm
+from ..._timm_compat import check_stem_activation, import_timm
 
 LEVEL_CHANNELS = (48, 32, 56, 160, 448)
 STAGE_DEPTHS = (2, 4, 4, 6, 6, 8, 2)
@@ -113,6 +113,7 @@ class EfficientNetB4Encoder(nn.Module):
         self.padding_version = padding_version
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         net = import_timm().create_model("tf_efficientnet_b4", pretrained=False, num_classes=0)
+        check_stem_activation(net, "tf_efficientnet_b4")  # forward runs bn1(conv_stem(x))
         self.conv_stem, self.bn1, self.blocks = net.conv_stem, net.bn1, net.blocks
         # Never run; kept so that the official checkpoint (which holds them) loads strictly and round-trips.
         self.conv_head, self.bn2 = net.conv_head, net.bn2
