@@ -157,11 +157,6 @@ def kcenter_greedy(
     min-distance starts from it and the first pick is its argmax. Same arguments give the same indices on
     CPU and CUDA (all random draws use a CPU generator); indices are in selection order.
 
-    The CPU kernel does not visit every row for every pick: rows are grouped by their nearest pick and a new
-    pick only visits the groups that the triangle inequality (with a float32 rounding margin) cannot rule out,
-    so its picks, radii and min-distances are bit-identical to a full pass; the fewer groups a pick can reach
-    (clustered features such as CNN patch features), the larger the saving.
-
     Args:
         features (Tensor[N, D]): rows to subsample; any float dtype (projected in float32).
         n_select (int) or ratio (float in (0, 1]): how many rows; ``ratio`` gives ``int(N * ratio)``.
