@@ -164,7 +164,7 @@ def test_min_distances_match_oracle_and_resume(backend):
 def test_clustered_rows_match_oracle(n, d, clusters, n_select, backend):
     """Clustered rows, many picks: the picks (Elkan skipping in the kernel) are a full pass's, init or not."""
     if backend == "reference" and n > 10_000:
-        pytest.skip("the reference loop is the slow side here; the kernel is what is pruned")
+        pytest.skip("the reference loop is slow at this size; the oracle checks the kernel")
     z = clustered_rows(n, d, clusters, seed=n)
     idx, radii = kcenter_greedy(z, n_select, projection_dim=None, start_index=1, return_radii=True, backend=backend)
     idx_ref, radii_ref = oracle(z, n_select, 1)
