@@ -186,7 +186,8 @@ def test_kernel_ties_and_duplicates_like_a_full_pass():
                                 backend="kernel")
         ref = kcenter_greedy(rows, 230, projection_dim=None, start_index=start, return_radii=True,
                              backend="reference")
-        assert torch.equal(kernel[0], ref[0]) and torch.equal(kernel[1], ref[1])
+        assert torch.equal(kernel[0], ref[0])
+        torch.testing.assert_close(kernel[1], ref[1], rtol=1e-6, atol=1e-6)  # summation order differs
 
 
 def test_large_n_runs_in_seconds():
