@@ -100,20 +100,20 @@ def kcenter_greedy_reference(
     *,
     projection: torch.Tensor | None = None,
     init_distances: torch.Tensor | None = None,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    return_min_distances: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """Per-iteration PyTorch loop version of :func:`kcenter_greedy` (same arguments and results)."""
     count = _validated(features, n_select, ratio, projection_dim, start_index, init_distances)
     device = features.device
-    empty = torch.empty(0, dtype=torch.long, device=device), torch.empty(0, dtype=torch.float32, device=device)
-    if count == 0:
-        return empty if return_radii else empty[0]
-    z = _project(features, projection_dim, projection, seed)
     if init_distances is None:
-        center = _start(z.shape[0], start_index, seed)
-        min_dist = torch.full((z.shape[0],), float("inf"), device=device)
+        min_dist = torch.full((features.shape[0],), float("inf"), device=device)
     else:
         min_dist = init_distances.to(torch.float32).clone()
-        center = int(torch.argmax(min_dist))
+    if count == 0:
+        empty = torch.empty(0, dtype=torch.long, device=device), torch.empty(0, dtype=torch.float32, device=device)
+        return _outputs(*empty, min_dist, return_radii, return_min_distances)
+    z = _project(features, projection_dim, projection, seed)
+    center = _start(z.shape[0], start_index, seed) if init_distances is None else int(torch.argmax(min_dist))
     selected, radii = [], []
     for _ in range(count):
         selected.append(center)
@@ -122,7 +122,14 @@ def kcenter_greedy_reference(
         center = int(torch.argmax(min_dist))
         radii.append(min_dist[center])
     indices = torch.tensor(selected, dtype=torch.long, device=device)
-    return (indices, torch.stack(radii)) if return_radii else indices
+    return _outputs(indices, torch.stack(radii), min_dist, return_radii, return_min_distances)
+
+
+def _outputs(indices: torch.Tensor, radii: torch.Tensor, min_dist: torch.Tensor, return_radii: bool,
+             return_min_distances: bool) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """``indices``, then ``radii`` and ``min_dist`` when asked for, in that order."""
+    extra = ([radii] if return_radii else []) + ([min_dist] if return_min_distances else [])
+    return (indices, *extra) if extra else indices
 
 
 def kcenter_greedy(
@@ -136,8 +143,9 @@ def kcenter_greedy(
     *,
     projection: torch.Tensor | None = None,
     init_distances: torch.Tensor | None = None,
+    return_min_distances: bool = False,
     backend: str | None = None,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """Greedy k-center coreset: each pick is the row farthest from every row picked before it.
 
     Procedure (PatchCore's ``KCenterGreedy``): rows are projected to ``projection_dim`` with a Gaussian
@@ -159,10 +167,13 @@ def kcenter_greedy(
             picked set, in projected space) after each pick; it never increases.
         projection (Tensor[D, d], optional): explicit projection matrix (overrides ``projection_dim``).
         init_distances (Tensor[N], optional): initial running min-distances (exclusive with ``start_index``).
+        return_min_distances (bool): also return every row's running min-distance after the last pick
+            (float32 Tensor[N], projected space; what a later call resumes from through ``init_distances``).
         backend (None | "auto" | "kernel" | "reference"): overrides the global choice (see ``ad_fast.ops``).
 
     Returns:
-        int64 Tensor[n_select] of row indices (and float32 Tensor[n_select] radii when ``return_radii``).
+        int64 Tensor[n_select] of row indices, followed by float32 Tensor[n_select] radii when ``return_radii``
+        and float32 Tensor[N] min-distances when ``return_min_distances``.
 
     Raises:
         ValueError: neither or both of n_select/ratio, ``n_select > N``, bad ratio/start_index, NaN/Inf.
@@ -171,15 +182,15 @@ def kcenter_greedy(
     if count == 0 or not use_kernel("kcenter_greedy", features.device, backend):
         return kcenter_greedy_reference(
             features, n_select, ratio, projection_dim, seed, start_index, return_radii,
-            projection=projection, init_distances=init_distances,
+            projection=projection, init_distances=init_distances, return_min_distances=return_min_distances,
         )
     z = _project(features, projection_dim, projection, seed)
     if init_distances is None:
         start, init = _start(z.shape[0], start_index, seed), None
     else:
         start, init = -1, init_distances.to(torch.float32).contiguous()
-    indices, radii = torch.ops.ad_fast.kcenter_greedy(z, count, start, init)
-    return (indices, radii) if return_radii else indices
+    indices, radii, min_dist = torch.ops.ad_fast.kcenter_greedy(z, count, start, init)
+    return _outputs(indices, radii, min_dist, return_radii, return_min_distances)
 
 
 if has_ops() and hasattr(torch.ops.ad_fast, "kcenter_greedy"):
@@ -191,4 +202,5 @@ if has_ops() and hasattr(torch.ops.ad_fast, "kcenter_greedy"):
         return (
             projected.new_empty(n_select, dtype=torch.long),
             projected.new_empty(n_select, dtype=torch.float32),
+            projected.new_empty(projected.shape[0], dtype=torch.float32),
         )

@@ -96,21 +96,21 @@ struct Search {
   }
 };
 
-std::tuple<at::Tensor, at::Tensor> kcenter_greedy_cpu(const at::Tensor& projected_in, int64_t n_select,
-                                                      int64_t start_index,
-                                                      const c10::optional<at::Tensor>& init_distances) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> kcenter_greedy_cpu(const at::Tensor& projected_in, int64_t n_select,
+                                                                  int64_t start_index,
+                                                                  const c10::optional<at::Tensor>& init_distances) {
   AD_CHECK_CPU(projected_in);
   check_arguments(projected_in, n_select, start_index, init_distances);
   const int64_t N = projected_in.size(0), d = projected_in.size(1);
   at::Tensor indices = at::empty({n_select}, projected_in.options().dtype(at::kLong));
   at::Tensor radii = at::empty({n_select}, projected_in.options());
-  if (n_select == 0) return {indices, radii};
+  at::Tensor min_dist_t = init_distances.has_value()
+                              ? init_distances->to(at::kFloat).contiguous().clone()
+                              : at::full({N}, std::numeric_limits<float>::infinity(), projected_in.options());
+  if (n_select == 0) return {indices, radii, min_dist_t};
 
   const at::Tensor projected = projected_in.contiguous();
   const float* z = projected.const_data_ptr<float>();
-  at::Tensor min_dist_t = init_distances.has_value()
-                              ? init_distances->to(at::kFloat).contiguous().clone()
-                              : at::full({N}, std::numeric_limits<float>::infinity(), projected.options());
   float* min_dist = min_dist_t.mutable_data_ptr<float>();
   int64_t* out_idx = indices.mutable_data_ptr<int64_t>();
   float* out_radius = radii.mutable_data_ptr<float>();
@@ -131,7 +131,7 @@ std::tuple<at::Tensor, at::Tensor> kcenter_greedy_cpu(const at::Tensor& projecte
     out_radius[t] = best.value;
     center = best.index;
   }
-  return {indices, radii};
+  return {indices, radii, min_dist_t};
 }
 
 }  // namespace

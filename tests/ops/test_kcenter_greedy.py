@@ -132,6 +132,64 @@ def test_bad_arguments_raise(backend):
         kcenter_greedy(bad, 3, backend=backend)
 
 
+def clustered_rows(n: int, d: int, clusters: int, seed: int) -> torch.Tensor:
+    """Rows in tight, anisotropic clusters: where the kernel skips most rows by the triangle inequality."""
+    gen = torch.Generator().manual_seed(seed)
+    centres = 4 * torch.randn(clusters, d, generator=gen)
+    spread = torch.linspace(1.0, 0.01, d)
+    return centres[torch.randint(clusters, (n,), generator=gen)] + 0.3 * torch.randn(n, d, generator=gen) * spread
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_min_distances_match_oracle_and_resume(backend):
+    """return_min_distances gives each row's distance to its nearest pick; resuming from it continues the
+    selection exactly (first pick of the second call = next pick of one long call)."""
+    z = clustered_rows(3001, 12, 40, seed=9)
+    idx, min_dist = kcenter_greedy(z, 50, projection_dim=None, start_index=5, return_min_distances=True,
+                                   backend=backend)
+    expected = torch.cdist(z.double(), z[idx].double()).amin(1)
+    torch.testing.assert_close(min_dist.double(), expected, rtol=1e-5, atol=1e-5)
+    assert float(min_dist[idx].abs().max()) == 0.0
+    rest = kcenter_greedy(z, 30, projection_dim=None, init_distances=min_dist, backend=backend)
+    whole, radii, final = kcenter_greedy(z, 80, projection_dim=None, start_index=5, return_radii=True,
+                                         return_min_distances=True, backend=backend)
+    assert torch.equal(torch.cat([idx, rest]), whole)
+    assert float(final.max()) == float(radii[-1])
+    empty = kcenter_greedy(z, 0, return_min_distances=True, backend=backend)
+    assert empty[0].shape == (0,) and bool(torch.isinf(empty[1]).all()) and empty[1].shape == (3001,)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n, d, clusters, n_select", [(5003, 16, 30, 400), (20011, 64, 200, 1000)])
+def test_clustered_rows_match_oracle(n, d, clusters, n_select, backend):
+    """Clustered rows, many picks: the picks (Elkan skipping in the kernel) are a full pass's, init or not."""
+    if backend == "reference" and n > 10_000:
+        pytest.skip("the reference loop is slow at this size; the oracle checks the kernel")
+    z = clustered_rows(n, d, clusters, seed=n)
+    idx, radii = kcenter_greedy(z, n_select, projection_dim=None, start_index=1, return_radii=True, backend=backend)
+    idx_ref, radii_ref = oracle(z, n_select, 1)
+    assert torch.equal(idx, idx_ref)
+    torch.testing.assert_close(radii.double(), radii_ref, rtol=1e-5, atol=1e-6)
+    init = torch.cdist(z, z[:3]).mean(1)  # DMAD's start: mean distance to a few rows, owned by no pick
+    idx = kcenter_greedy(z, n_select // 4, projection_dim=None, init_distances=init, backend=backend)
+    assert torch.equal(idx, oracle(z, n_select // 4, None, init)[0])
+
+
+def test_kernel_ties_and_duplicates_like_a_full_pass():
+    """Exact ties (duplicated rows, a lattice): the kernel keeps the first maximum, as the reference loop."""
+    if not has_ops():
+        pytest.skip("ad_fast._C not built")
+    lattice = torch.cartesian_prod(*[torch.arange(6.0)] * 3)  # 216 points, many equal distances
+    rows = torch.cat([lattice, lattice[:50], lattice.flip(0)[:20]])
+    for start in (0, 7, 250):
+        kernel = kcenter_greedy(rows, 230, projection_dim=None, start_index=start, return_radii=True,
+                                backend="kernel")
+        ref = kcenter_greedy(rows, 230, projection_dim=None, start_index=start, return_radii=True,
+                             backend="reference")
+        assert torch.equal(kernel[0], ref[0])
+        torch.testing.assert_close(kernel[1], ref[1], rtol=1e-6, atol=1e-6)  # summation order differs
+
+
 def test_large_n_runs_in_seconds():
     """N = 200k rows (already 32-d): the kernel's fused pass, checked against the reference for a few picks."""
     if not has_ops():
@@ -160,6 +218,7 @@ def test_kernel_is_independent_of_thread_count_and_opcheck():
     assert torch.equal(one, many)
     torch.library.opcheck(torch.ops.ad_fast.kcenter_greedy.default, (z[:300], 7, 4, None))
     torch.library.opcheck(torch.ops.ad_fast.kcenter_greedy.default, (z[:300], 7, -1, torch.rand(300, generator=gen)))
+    torch.library.opcheck(torch.ops.ad_fast.kcenter_greedy.default, (z[:300], 0, 0, None))
 
 
 @pytest.mark.cuda
@@ -173,6 +232,9 @@ def test_cuda_same_indices_as_cpu(n, d, n_select):
     assert torch.equal(gpu[0].cpu(), cpu[0])
     torch.testing.assert_close(gpu[1].cpu(), cpu[1], rtol=1e-5, atol=1e-6)
     init = torch.rand(n, generator=gen)
-    cpu = kcenter_greedy(features, n_select, projection_dim=d, init_distances=init, backend="reference")
-    gpu = kcenter_greedy(features.cuda(), n_select, projection_dim=d, init_distances=init.cuda(), backend="kernel")
-    assert torch.equal(gpu.cpu(), cpu)
+    cpu = kcenter_greedy(features, n_select, projection_dim=d, init_distances=init, return_min_distances=True,
+                         backend="reference")
+    gpu = kcenter_greedy(features.cuda(), n_select, projection_dim=d, init_distances=init.cuda(),
+                         return_min_distances=True, backend="kernel")
+    assert torch.equal(gpu[0].cpu(), cpu[0])
+    torch.testing.assert_close(gpu[1].cpu(), cpu[1], rtol=1e-5, atol=1e-6)

@@ -38,15 +38,15 @@ def extract_features(encoder: PatchFeatureEncoder, items: list, size: tuple[int,
 
 
 def coreset_indices(features: torch.Tensor, ratio: float, seed: int = 0, projection_dim: int = 128,
-                    n_starts: int = 10, progress: bool = True, steps: int = 20,
+                    n_starts: int = 10, progress: bool = True,
                     device: torch.device | str | None = None) -> torch.Tensor:
     """PatchCore's approximate greedy coreset: int64 indices of ``int(M · ratio)`` rows of ``features``.
 
     Rows are projected to ``projection_dim`` (Gaussian JL matrix, streamed in chunks); the running
     min-distance starts as the mean distance to ``n_starts`` random rows (PatchCore's
     ``ApproximateGreedyCoresetSampler``; those rows are not selected); the greedy k-center picks come from
-    :func:`ad_fast.ops.kcenter_greedy`, run in ``steps`` chunks for a progress bar: each chunk resumes
-    from the exact running min-distances of the previous picks.
+    one call of :func:`ad_fast.ops.kcenter_greedy` (its pruned CPU kernel keeps its grouping of the rows
+    across all picks, so the selection is not split into chunks; the progress bar advances once, at the end).
 
     Args:
         features (Tensor[M, C]): any float dtype; streamed in chunks to ``device`` (default: its own) for the
@@ -65,17 +65,10 @@ def coreset_indices(features: torch.Tensor, ratio: float, seed: int = 0, project
     generator = torch.Generator().manual_seed(seed)
     starts = torch.randperm(rows, generator=generator)[: min(n_starts, rows)].to(z.device)
     min_dist = torch.cdist(z, z[starts]).mean(1)
-    picks = []
     with tqdm(total=count, desc="coreset", unit="patch", disable=not progress, leave=False) as bar:
-        for chunk in range(steps):
-            n = count * (chunk + 1) // steps - count * chunk // steps
-            if n == 0:
-                continue
-            chosen = kcenter_greedy(z, n_select=n, projection_dim=None, init_distances=min_dist)
-            picks.append(chosen)
-            min_dist = torch.minimum(min_dist, torch.cdist(z, z[chosen]).amin(1))
-            bar.update(n)
-    return torch.cat(picks).cpu()
+        picks = kcenter_greedy(z, n_select=count, projection_dim=None, init_distances=min_dist)
+        bar.update(count)
+    return picks.cpu()
 
 
 def fuse_outliers(texture_features: torch.Tensor, normal_features: torch.Tensor, beta: float, seed: int = 0) -> torch.Tensor:

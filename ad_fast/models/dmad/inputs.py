@@ -7,21 +7,15 @@ from typing import Iterator, Sequence
 import torch
 
 from ...data.images import ImageInput, resize_image, to_image_batch
+from ...data.prefetch import prefetch_batches
 from ..components.inputs import as_item_list
-
-
-def resize_batch(images: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-    """Stack ``[3, H_i, W_i]`` images resized (bilinear, antialiased) to ``size`` -> ``Tensor[B, 3, *size]``."""
-    out = [resize_image(img, size) for img in images]
-    return torch.stack(out).clamp_(0.0, 1.0)
 
 
 def iter_batches(items: list, size: tuple[int, int], batch_size: int, name: str = "images"
                  ) -> Iterator[tuple[int, torch.Tensor, list[tuple[int, int]]]]:
-    """Yield ``(start, Tensor[b, 3, *size], original sizes)`` loading only ``batch_size`` images at a time."""
-    for start in range(0, len(items), batch_size):
-        chunk, sizes = to_image_batch(items[start : start + batch_size], name=name)
-        yield start, resize_batch(chunk, size), sizes
+    """Yield ``(start, Tensor[b, 3, *size], original sizes)``; the next batches are decoded and resized in
+    background threads while the caller works on this one (:func:`ad_fast.data.prefetch.prefetch_batches`)."""
+    yield from prefetch_batches(items, batch_size, size, name)
 
 
 def load_masks(masks: ImageInput | Sequence[ImageInput], count: int, size: tuple[int, int], name: str = "masks") -> torch.Tensor:
