@@ -32,6 +32,7 @@ from torch import nn
 from .._version import __version__
 from ..checkpoints import read_safetensors, write_safetensors
 from ..data.images import ImageInput
+from ..data.prefetch import prefetch_batches
 from ..calibration import HOLDOUT, SYNTHETIC
 from ..decision import Decision
 from ..thresholds import DEFAULT_SENSITIVITY
@@ -171,11 +172,11 @@ class Detector(nn.Module):
             raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
         target = torch.device(result_device)
         items = as_item_list(images, "images")
-        for start in range(0, len(items), batch_size):
-            stop = min(start + batch_size, len(items))
+        # Image files of the next batches decode in threads while this batch runs (PIL releases the GIL).
+        for batch in prefetch_batches(items, batch_size, name="images"):
+            start, stop = batch.start, batch.start + len(batch.images)
             with torch.inference_mode():
-                result = self._predict_batch(items[start:stop],
-                                             **self._batch_options(options, start, stop, len(items)))
+                result = self._predict_batch(batch.images, **self._batch_options(options, start, stop, len(items)))
             result = _results_to(result, target)
             yield result if self.decision is None else self.decision.apply(result)
 
