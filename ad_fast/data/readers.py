@@ -14,8 +14,7 @@ from typing import Callable, Sequence, Tuple, Union
 import numpy as np
 
 from .dataset import AnomalyDataset, Record
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+from .images import IMAGE_EXTENSIONS, is_image_file
 Size = Union[int, Tuple[int, int], None]
 Categories = Union[str, Sequence[str], None]
 
@@ -35,8 +34,7 @@ def _split(split: str) -> str:
 
 def list_images(folder: Path) -> list[Path]:
     """The image files directly inside ``folder``, sorted by name (mask files ``*_mask.*`` / ``*_GT.*`` excluded)."""
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    return sorted(p for p in folder.iterdir() if is_image_file(p))
 
 
 def _find_mask(folder: Path, stem: str, suffixes: Sequence[str]) -> Path:

@@ -88,8 +88,11 @@ def saved_method(path: str | os.PathLike) -> str | None:
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as handle:
-            return (handle.metadata() or {}).get("method")
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                return (handle.metadata() or {}).get("method")
+        except Exception as error:  # safetensors raises its own SafetensorError for truncated or foreign files
+            raise ValueError(f"model: {str(path)!r} is not a readable safetensors file ({error})") from error
     import torch
 
     try:

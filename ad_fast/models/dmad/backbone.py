@@ -91,7 +91,10 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
+        try:
+            state = load_file(str(path))
+        except Exception as error:  # safetensors raises its own SafetensorError for truncated or foreign files
+            raise ValueError(f"weights: cannot read {str(path)!r} as a safetensors state dict: {error}") from error
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)

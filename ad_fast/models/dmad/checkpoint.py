@@ -11,6 +11,7 @@ import torch
 from ..._io import atomic_path
 from ...checkpoints import read_safetensors
 from ...ops import MemoryBank
+from ...ops.memory_bank import sq_norms_digest, verified_sq_norms
 
 if TYPE_CHECKING:
     from .model import DMAD
@@ -53,6 +54,7 @@ def save_dmad(model: "DMAD", path: str | os.PathLike, bank_dtype: str = "float32
         "config": model.config,
         "attention": None if model.enhancer is None else model.enhancer.attention,
         "semi_supervised": model.semi_supervised,
+        "sq_norms_sha256": {name: sq_norms_digest(tensors[name + NORMS_SUFFIX]) for name in BANKS if name in tensors},
     }
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"method": "dmad", METADATA_KEY: json.dumps(meta)})
@@ -88,7 +90,9 @@ def restore_state(model: "DMAD", meta: dict[str, Any], tensors: dict[str, torch.
             if rows.dim() != 2 or rows.shape[1] != dim:
                 raise ValueError(f"path: {name} has shape {tuple(rows.shape)}, expected [K, {dim}]")
             if mmap:
-                bank = MemoryBank.from_rows(rows, "l2", tensors.get(name + NORMS_SUFFIX)).to(model.device_)
+                digest = (meta.get("sq_norms_sha256") or {}).get(name)
+                norms = verified_sq_norms(rows, tensors.get(name + NORMS_SUFFIX), digest, f"path: the DMAD file's {name}", mmap=True)
+                bank = MemoryBank.from_rows(rows, "l2", norms).to(model.device_)
             else:
                 bank = model._bank(rows)
             setattr(model, name, bank)

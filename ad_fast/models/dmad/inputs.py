@@ -9,12 +9,11 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from ...data.images import ImageInput, resize_image, to_image_batch
-from ...data.readers import IMAGE_EXTENSIONS
+from ...data.images import IMAGE_EXTENSIONS, ImageInput, is_image_file, resize_image, to_image_batch
 
 
 def _folder_images(folder: Path, name: str) -> list[Path]:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = sorted(p for p in folder.rglob("*") if is_image_file(p))
     if not files:
         raise ValueError(f"{name}: folder {str(folder)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     return files

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...data.images import ImageInput
+from ...data.images import ImageInput, check_image_side
 from ...ops import MemoryBank, anomaly_map, gaussian_blur
 from ...results import AnomalyResult
 from .. import register_model
@@ -116,7 +116,8 @@ class DMAD(nn.Module):
         for name, value in (("feature_dtype", feature_dtype), ("bank_dtype", bank_dtype)):
             if value not in _DTYPES:
                 raise ValueError(f"{name}: expected one of {tuple(_DTYPES)}, got {value!r}")
-        for name in ("image_size", "embed_dim", "n_textures", "hidden", "mapper_layers", "top_k", "batch_size"):
+        check_image_side(image_size, "image_size")
+        for name in ("embed_dim", "n_textures", "hidden", "mapper_layers", "top_k", "batch_size"):
             _positive(locals()[name], name)
         if isinstance(synthetic_anomalies, bool) or not isinstance(synthetic_anomalies, int) or synthetic_anomalies < 0:
             raise ValueError(f"synthetic_anomalies: expected a non-negative int, got {synthetic_anomalies!r}")

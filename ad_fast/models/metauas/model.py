@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ...data import ImageInput
+from ...data.images import check_image_side
 from ...results import AnomalyResult
 from .. import register_model
 from . import weights
@@ -28,9 +29,8 @@ _POOL_PREFIX = "prompt_pool."
 
 
 def check_img_size(img_size: Any) -> None:
-    """Raise ValueError unless ``img_size`` is a positive multiple of 32 (the encoder's total stride)."""
-    if not isinstance(img_size, int) or img_size < 32 or img_size % 32:
-        raise ValueError(f"img_size: expected a positive multiple of 32, got {img_size!r}")
+    """Raise ValueError unless ``img_size`` is a multiple of 32 (the encoder's total stride) up to 8192."""
+    check_image_side(img_size, "img_size", multiple=32, minimum=32)
 
 
 def image_scores(maps: torch.Tensor) -> torch.Tensor:
