@@ -101,8 +101,10 @@ def _one_image(item: ImageInput, name: str) -> torch.Tensor:
             item = item.unsqueeze(0)
         if item.ndim != 3 or item.shape[0] not in (1, 3):
             raise ValueError(f"{name}: expected a tensor [C, H, W] with C in (1, 3), got shape {tuple(item.shape)}")
-        if item.dtype != torch.uint8 and not item.is_floating_point():
-            raise TypeError(f"{name}: expected a uint8 or float tensor, got dtype {str(item.dtype).replace('torch.', '')}")
+        if item.dtype not in (torch.uint8, torch.bool) and not item.is_floating_point():  # int16 is not [0, 1]
+            raise TypeError(
+                f"{name}: expected a uint8, bool or float tensor, got dtype {str(item.dtype).replace('torch.', '')}"
+            )
         chw = item.float().div(255.0) if item.dtype == torch.uint8 else item.float()
     else:
         try:

@@ -11,11 +11,16 @@ from ad_fast.data.images import load_image, resize_image, to_image_batch
 from ad_fast.data.readers import list_images
 
 
-@pytest.mark.parametrize("dtype", [torch.int16, torch.int32, torch.int64, torch.int8, torch.bool])
+@pytest.mark.parametrize("dtype", [torch.int16, torch.int32, torch.int64, torch.int8])
 def test_integer_tensors_other_than_uint8_are_refused(dtype):
-    image = torch.randint(0, 2 if dtype == torch.bool else 100, (3, 8, 8)).to(dtype)
-    with pytest.raises(TypeError, match=r"images\[0\]: expected a uint8 or float tensor"):
+    image = torch.randint(0, 100, (3, 8, 8)).to(dtype)
+    with pytest.raises(TypeError, match=r"images\[0\]: expected a uint8, bool or float tensor"):
         to_image_batch(image)
+
+
+def test_bool_tensor_is_a_zero_one_image():
+    images, _ = to_image_batch(torch.tensor([[True, False]]))
+    assert images[0][:, 0, :].tolist() == [[1.0, 0.0]] * 3
 
 
 def test_uint8_tensor_is_scaled_to_unit_range():

@@ -18,11 +18,11 @@ from typing import Callable, Iterable
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
-    "dev", max_examples=15, deadline=None, database=None, derandomize=True,
+    "dev", max_examples=5, deadline=None, database=None, derandomize=True,
     suppress_health_check=list(HealthCheck),
 )
 settings.register_profile(
-    "ci", max_examples=120, deadline=None, database=None, suppress_health_check=list(HealthCheck),
+    "ci", max_examples=50, deadline=None, database=None, suppress_health_check=list(HealthCheck),
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 

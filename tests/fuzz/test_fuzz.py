@@ -2,8 +2,8 @@
 loader. Each case module runs in its own child pytest process, so a case that crashes the interpreter (SIGSEGV,
 SIGFPE, abort) fails its test here instead of killing the run; the child's stderr names the last case it started.
 
-Budget: ``HYPOTHESIS_PROFILE=dev`` (default) runs 15 examples per case function (seconds per module);
-CI's fuzz step sets ``HYPOTHESIS_PROFILE=ci`` (120 examples each, a few minutes in all). The cases run per
+Budget: ``HYPOTHESIS_PROFILE=dev`` (default) runs 5 examples per case function (a smoke run);
+CI's fuzz step sets ``HYPOTHESIS_PROFILE=ci`` (50 examples each, a few minutes in all). The cases run per
 function are printed (``-s``) and checked to be non-zero.
 """
 
