@@ -78,7 +78,7 @@ def knn_reference(
 
     Among exactly equal distances at the k-th place the kept index follows ``torch.topk``; the kept
     results are then ordered by (distance, index). l2/sqeuclidean rank ``q - c`` against ``b - c`` (``c`` the
-    queries' mean; the same distances), so a large offset shared by query and bank costs no precision.
+    first query row; the same distances), so a large offset shared by query and bank costs no precision.
     """
     _validated(query, bank, k, metric, bank_sq_norms)
     query, bank = query.detach(), bank.detach()
@@ -87,7 +87,7 @@ def knn_reference(
     dtype = _compute_dtype(query.dtype)
     q_all = query.reshape(-1, query.shape[-1])
     centred = metric in ("l2", "sqeuclidean")
-    centre = q_all.to(torch.float64).mean(0).to(dtype) if centred and q_all.shape[0] else None
+    centre = q_all[0].to(dtype) if centred and q_all.shape[0] else None
     if metric == "cosine":
         bank_sq = (bank.to(dtype) ** 2).sum(1) if bank_sq_norms is None else bank_sq_norms.to(dtype)
         inv_bank_norm = 1.0 / bank_sq.sqrt().clamp_min(NORM_EPS)
@@ -154,8 +154,8 @@ def knn(
     ``||q||^2 + ||b||^2 - 2 q.b`` cancellation, and exact duplicates keep the lower index.
 
     Exactness under a large common offset: on CPU (kernel and reference) l2/sqeuclidean rank ``q - c`` against
-    ``b - c``, ``c`` the queries' mean (distances are unchanged), so features sharing an offset far larger than their
-    spread keep every digit of their distances. The CUDA kernel ranks the untranslated keys ``||b||^2 - 2 q.b``,
+    ``b - c``, ``c`` the first query row (distances are unchanged; rows near it subtract exactly, integer data stay
+    exact), so features sharing an offset far larger than their spread keep every digit of their distances. The CUDA kernel ranks the untranslated keys ``||b||^2 - 2 q.b``,
     whose float32 rounding is up to about ``(D + 2) 2^-24 (||b||^2 + 2 ||q|| ||b||)``: a neighbour whose squared
     distance is within that of the k-th best may be missed there.
 

@@ -1,8 +1,8 @@
 // CPU kernel of the exact kNN op. The bank is scanned in tiles: per (query block, bank tile) one GEMM (oneDNN
 // for float32, else at::mm_out into a per-thread buffer; the tile stays in cache), then a fused epilogue turns
 // the products into ranking keys (knn_common.h), checks them for NaN/Inf and updates a sorted running list of
-// the best k + kSlack candidates per query (l2/sqeuclidean rank the problem translated by the queries' mean, so a
-// large offset shared by the data costs no precision). Finally each query's candidates are re-scored exactly (float64
+// the best k + kSlack candidates per query (l2/sqeuclidean rank the problem translated by the first query row, so
+// a large offset shared by the data costs no precision). Finally each query's candidates are re-scored exactly (float64
 // accumulation) and the best k are written in (distance, index) order.
 //
 // Memory: per thread one kQueryBlock x kBankTile product tile (+ one kBankTile x D converted tile for a
@@ -242,17 +242,18 @@ template <typename T>
 void knn_cpu_impl(const at::Tensor& query, const at::Tensor& bank, int64_t k, Metric metric,
                   const c10::optional<at::Tensor>& sq_norms, at::Tensor& dist, at::Tensor& index) {
   const int64_t M = query.size(0), N = bank.size(0), D = query.size(1);
-  // l2/sqeuclidean: the tiled pass ranks rows of the translated problem (q - c, b - c), c the queries' mean,
+  // l2/sqeuclidean: the tiled pass ranks rows of the translated problem (q - c, b - c), c the first query row,
   // which has the same distances. Without it, a large offset shared by query and bank would leave the keys
   // ||b||^2 - 2 q.b with no significant digits for the distance (offset / spread ~ 1e3 in float32), and the
-  // pre-selection of k + kSlack candidates would lose the true neighbours.
+  // pre-selection of k + kSlack candidates would lose the true neighbours. c is a row of the data, not a mean:
+  // rows near it subtract exactly (Sterbenz), and integer-valued data stay integers, so exact ties stay exact.
   const bool centred = metric == Metric::L2 || metric == Metric::SqEuclidean;
   std::vector<T> alpha, beta, centre;
   at::Tensor ranked_query = query;
   if (centred) {
-    const at::Tensor mean = query.to(at::kDouble).mean(0).to(query.scalar_type()).contiguous();
-    centre.assign(mean.const_data_ptr<T>(), mean.const_data_ptr<T>() + D);
-    ranked_query = (query - mean.unsqueeze(0)).contiguous();
+    const T* first = query.const_data_ptr<T>();
+    centre.assign(first, first + D);
+    ranked_query = (query - query.narrow(0, 0, 1)).contiguous();
     alpha.assign(N, T(0));
     beta.assign(N, T(-2));
   } else {

@@ -2,9 +2,9 @@
 loader. Each case module runs in its own child pytest process, so a case that crashes the interpreter (SIGSEGV,
 SIGFPE, abort) fails its test here instead of killing the run; the child's stderr names the last case it started.
 
-Budget: ``HYPOTHESIS_PROFILE=dev`` (default) runs 5 examples per case function (a smoke run);
-CI's fuzz step sets ``HYPOTHESIS_PROFILE=ci`` (50 examples each, a few minutes in all). The cases run per
-function are printed (``-s``) and checked to be non-zero.
+Marked slow (the default run stays lean): ``pytest tests/fuzz -m slow`` runs it with ``HYPOTHESIS_PROFILE=dev``
+(default: 5 examples per case function, a smoke run); CI's fuzz step (.ci/run) sets ``HYPOTHESIS_PROFILE=ci``
+(50 examples each, a few minutes in all). The cases run per function are printed (``-s``) and checked non-zero.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ REPO = HERE.parents[1]
 MODULES = ("cases_ops", "cases_raw_ops", "cases_loaders")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", MODULES)
 def test_fuzz_module(module, tmp_path):
     counts_file = tmp_path / "counts.json"
