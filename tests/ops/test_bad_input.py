@@ -60,11 +60,11 @@ def test_anomaly_map_widest_blur_is_flat_and_kernel_matches_reference():
     kernel = ops.anomaly_map(a, b, 16, metric="l2", blur_sigma=1000.0, backend="kernel")
     reference = ops.anomaly_map(a, b, 16, metric="l2", blur_sigma=1000.0, backend="reference")
     torch.testing.assert_close(kernel, reference, rtol=1e-5, atol=1e-5)
-    # sigma = 1000 over a 16-pixel map: the Gaussian weights of any two source pixels differ by < 1e-3 relative,
-    # so every output pixel is the map's mean within that (property, not a stored value).
+    # sigma = 1000 over a 16-pixel map: the taps (truncated at 4 sigma) fold over the reflected map's period of 30
+    # almost evenly, so every output pixel is the map's mean within 1% (a property, not a stored value).
     unblurred = ops.anomaly_map(a, b, 16, metric="l2", backend="reference")
     mean = unblurred.mean(dim=(2, 3), keepdim=True)
-    torch.testing.assert_close(kernel, mean.expand_as(kernel), rtol=2e-3, atol=0)
+    torch.testing.assert_close(kernel, mean.expand_as(kernel), rtol=1e-2, atol=0)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
