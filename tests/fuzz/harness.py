@@ -22,7 +22,7 @@ settings.register_profile(
     suppress_health_check=list(HealthCheck),
 )
 settings.register_profile(
-    "ci", max_examples=50, deadline=None, database=None, suppress_health_check=list(HealthCheck),
+    "ci", max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck),
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 

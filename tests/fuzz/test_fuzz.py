@@ -4,7 +4,7 @@ SIGFPE, abort) fails its test here instead of killing the run; the child's stder
 
 Marked slow (the default run stays lean): ``pytest tests/fuzz -m slow`` runs it with ``HYPOTHESIS_PROFILE=dev``
 (default: 5 examples per case function, a smoke run); CI's fuzz step (.ci/run) sets ``HYPOTHESIS_PROFILE=ci``
-(50 examples each, a few minutes in all). The cases run per function are printed (``-s``) and checked non-zero.
+(25 examples each, a few minutes in all). The cases run per function are printed (``-s``) and checked non-zero.
 """
 
 from __future__ import annotations
