@@ -26,6 +26,40 @@ class CLIError(Exception):
     """An error whose message is shown to the user as it is."""
 
 
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Errors that report a problem with the inputs, files or machine: shown as one line, no traceback.
+    OSError covers PermissionError, IsADirectoryError, a full disk, ...; RuntimeError covers torch's errors."""
+    errors: list[type[BaseException]] = [CLIError, OSError, ValueError, TypeError, RuntimeError, ImportError,
+                                         MemoryError]
+    try:
+        from PIL import Image
+
+        errors.append(Image.DecompressionBombError)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from safetensors import SafetensorError
+
+        errors.append(SafetensorError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errors)
+
+
+def _one_line(error: BaseException) -> str:
+    """``error``'s message on one line (torch's checks and some libraries write several)."""
+    text = " ".join(part.strip() for part in str(error).splitlines() if part.strip())
+    return text or type(error).__name__
+
+
+def _finite_float(text: str) -> float:
+    """argparse type: a finite float (``nan``/``inf`` are refused at parse time)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 # ----------------------------------------------------------------------------------------------- argument groups
 def _common(parser: argparse.ArgumentParser, output_help: str, output_default: str | None = None) -> None:
     parser.add_argument("--output", "-o", default=output_default, required=output_default is None, help=output_help)
@@ -101,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="score images: overlay PNGs and a scores.json")
     predict.add_argument("inputs", nargs="+", help="image files or folders of images")
     _model_args(predict)
-    predict.add_argument("--threshold", type=float,
+    predict.add_argument("--threshold", type=_finite_float,
                          help="override the learned decision: label images/pixels with output score >= this "
                               "(normalised scores when the model has learned thresholds)")
     predict.add_argument("--prompt", action="append", metavar="IMAGE",
@@ -172,9 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"ad-fast {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (CLIError, FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, TypeError,
-            RuntimeError, ImportError) as error:
-        print(f"ad-fast {args.command}: error: {error}", file=sys.stderr)
+    except _expected_errors() as error:
+        print(f"ad-fast {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return EXIT_ERROR
     return EXIT_OK
 
@@ -187,6 +220,8 @@ def _device(name: str) -> str:
         device = torch.device(name)
     except RuntimeError as error:
         raise CLIError(f"--device: {error}") from error
+    if device.type not in ("cpu", "cuda"):
+        raise CLIError(f"--device: expected cpu, cuda, cuda:N or auto, got {name!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CLIError(f"--device {name}: CUDA is not available in this PyTorch build / machine")
     return name

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..synthesis import as_generator, cutpaste_normal, draem_paste, procedural_texture
+from .._io import apply_umask
 from .images import resize_image, save_image
 
 SKIMAGE_TEXTURES = ("brick", "gravel", "grass")
@@ -116,6 +117,7 @@ def make_demo_dataset(root: str | os.PathLike, categories: Sequence[str] = ("bri
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
+        apply_umask(staging)  # it becomes root: not mkdtemp's 0700
         for index, name in enumerate(categories):
             _write_category(staging / name, _source_texture(name), params, as_generator(seed * 1000 + index))
         (staging / "README.txt").write_text(_readme(categories))

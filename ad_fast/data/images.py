@@ -12,6 +12,35 @@ import torch
 from .._io import atomic_path
 
 ImageInput = Union[str, os.PathLike, "PIL.Image.Image", np.ndarray, torch.Tensor]  # noqa: F821
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+MASK_SUFFIXES = ("_mask", "_GT")
+# Largest image side a model resizes to: configurations (also those read from a saved model) beyond it are refused
+# up front instead of failing deep inside torch (8192^2 RGB float32 is already 768 MiB per image).
+MAX_IMAGE_SIDE = 8192
+
+
+def check_image_side(value: object, name: str, multiple: int = 1, minimum: int = 1) -> int:
+    """``value`` if it is an int in ``[minimum, MAX_IMAGE_SIDE]`` divisible by ``multiple``, else ValueError."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not minimum <= value <= MAX_IMAGE_SIDE
+        or value % multiple
+    ):
+        rule = f" and a multiple of {multiple}" if multiple > 1 else ""
+        raise ValueError(f"{name}: expected an int in [{minimum}, {MAX_IMAGE_SIDE}]{rule}, got {value!r}")
+    return value  # file stems ending so are ground-truth masks, not images to score
+
+
+def is_image_file(path: Path) -> bool:
+    """True for an image file to read from a folder: a known extension, not hidden (``.x.png``, macOS ``._x.png``)
+    and not a mask (``*_mask.*`` / ``*_GT.*``)."""
+    return (
+        path.suffix.lower() in IMAGE_EXTENSIONS
+        and not path.name.startswith(".")
+        and not path.stem.endswith(MASK_SUFFIXES)
+        and path.is_file()
+    )
 
 
 def _open_image(path: str | os.PathLike, what: str) -> "PIL.Image.Image":  # noqa: F821
@@ -25,7 +54,10 @@ def _open_image(path: str | os.PathLike, what: str) -> "PIL.Image.Image":  # noq
         with Image.open(path) as img:
             img.load()
             return img.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+    except PermissionError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        # DecompressionBombError: more than twice PIL's MAX_IMAGE_PIXELS (about 179 million pixels).
         raise ValueError(f"cannot read {what} {str(path)!r}: {error}") from error
 
 
@@ -69,6 +101,10 @@ def _one_image(item: ImageInput, name: str) -> torch.Tensor:
             item = item.unsqueeze(0)
         if item.ndim != 3 or item.shape[0] not in (1, 3):
             raise ValueError(f"{name}: expected a tensor [C, H, W] with C in (1, 3), got shape {tuple(item.shape)}")
+        if item.dtype not in (torch.uint8, torch.bool) and not item.is_floating_point():  # int16 is not [0, 1]
+            raise TypeError(
+                f"{name}: expected a uint8, bool or float tensor, got dtype {str(item.dtype).replace('torch.', '')}"
+            )
         chw = item.float().div(255.0) if item.dtype == torch.uint8 else item.float()
     else:
         try:
@@ -83,6 +119,8 @@ def _one_image(item: ImageInput, name: str) -> torch.Tensor:
         chw = chw.expand(3, -1, -1)
     if chw.shape[1] == 0 or chw.shape[2] == 0:
         raise ValueError(f"{name}: image has zero size {tuple(chw.shape[1:])}")
+    if not bool(torch.isfinite(chw).all()):  # float inputs only; also float64 values beyond float32's range
+        raise ValueError(f"{name}: image contains NaN or Inf")
     return chw
 
 
@@ -112,9 +150,11 @@ def _as_size(size: int | tuple[int, int], name: str = "size") -> tuple[int, int]
     if (
         not isinstance(size, (tuple, list))
         or len(size) != 2
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)
+        or not all(isinstance(s, int) and not isinstance(s, bool) and 0 < s <= MAX_IMAGE_SIDE for s in size)
     ):
-        raise ValueError(f"{name}: expected a positive int or a pair (H, W) of positive ints, got {size!r}")
+        raise ValueError(
+            f"{name}: expected an int or a pair (H, W) of ints in [1, {MAX_IMAGE_SIDE}], got {size!r}"
+        )
     return int(size[0]), int(size[1])
 
 

@@ -14,8 +14,7 @@ from typing import Callable, Sequence, Tuple, Union
 import numpy as np
 
 from .dataset import AnomalyDataset, Record
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+from .images import IMAGE_EXTENSIONS, is_image_file
 Size = Union[int, Tuple[int, int], None]
 Categories = Union[str, Sequence[str], None]
 
@@ -35,12 +34,13 @@ def _split(split: str) -> str:
 
 def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
     """The image files of ``folder`` (``recursive``: also of its sub-folders), sorted by path; hidden files (and
-    files in hidden folders) are skipped. The one folder listing of ad_fast: datasets, model inputs, textures."""
+    files in hidden folders) and mask files (``*_mask.*`` / ``*_GT.*``) are skipped
+    (:func:`ad_fast.data.images.is_image_file`). The one folder listing of ad_fast: datasets, model inputs,
+    textures."""
     folder = Path(folder)
     candidates = folder.rglob("*") if recursive else folder.iterdir()
     return sorted(p for p in candidates
-                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+                  if is_image_file(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def _find_mask(folder: Path, stem: str, suffixes: Sequence[str]) -> Path:

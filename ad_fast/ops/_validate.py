@@ -55,7 +55,12 @@ def check_same_device(tensors: dict[str, torch.Tensor]) -> torch.device:
 
 def check_positive_pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
     """``value`` as a pair of positive ints (an int is repeated)."""
-    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if isinstance(value, int):
+        pair = (value, value)
+    elif isinstance(value, (tuple, list, torch.Size)):
+        pair = tuple(value)
+    else:
+        raise ValueError(f"{name}: expected a positive int or a pair of positive ints, got {value!r}")
     if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair):
         raise ValueError(f"{name}: expected a positive int or a pair of positive ints, got {value!r}")
     return int(pair[0]), int(pair[1])
@@ -63,6 +68,6 @@ def check_positive_pair(value: int | Sequence[int], name: str) -> tuple[int, int
 
 def check_choice(value: str, name: str, choices: Sequence[str]) -> str:
     """``value`` if it is one of ``choices``, else ValueError."""
-    if value not in choices:
+    if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name}: expected one of {tuple(choices)}, got {value!r}")
     return value

@@ -10,10 +10,11 @@ import torch.nn.functional as F
 from .._extension import has_ops
 from ._backend import use_kernel
 from ._validate import FLOAT_DTYPES, check_choice, check_positive_pair, check_same_device, check_tensor
-from .blur import gaussian_blur
+from .blur import MAX_BLUR_SIGMA, gaussian_blur
 
 METRICS = ("cosine", "l2")
 REDUCTIONS = ("sum", "mean")
+COSINE_EPS = 1e-8  # as torch.nn.functional.cosine_similarity
 
 FeatureList = Sequence[torch.Tensor]
 
@@ -65,8 +66,11 @@ def _validated(
     sigma = 0.0
     if blur_sigma is not None:
         sigma = float(blur_sigma)
-        if not sigma > 0 or sigma == float("inf"):
-            raise ValueError(f"blur_sigma: expected None or a positive finite number, got {blur_sigma!r}")
+        if not 0 < sigma <= MAX_BLUR_SIGMA:
+            raise ValueError(
+                f"blur_sigma: expected None or a number in (0, {MAX_BLUR_SIGMA:g}] (a wider Gaussian is flat over any "
+                f"map), got {blur_sigma!r}"
+            )
     return levels_a, levels_b, size, level_weights, sigma
 
 
@@ -91,16 +95,31 @@ def anomaly_map_reference(
     dtype = _compute_dtype(levels_a[0].dtype)
     total = None
     for a, b, weight in zip(levels_a, levels_b, level_weights):
-        a, b = a.to(dtype), b.to(dtype)
-        if metric == "cosine":
-            dist = 1.0 - F.cosine_similarity(a, b, dim=1, eps=1e-8)
-        else:
-            dist = torch.linalg.vector_norm(a - b, dim=1)
+        dist = _channel_distance(a, b, metric).to(dtype)
         up = F.interpolate(dist.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
         total = weight * up if total is None else total + weight * up
     if sigma > 0:
         total = gaussian_blur(total, sigma)
+    _check_finite_map(total)
     return (total, total.flatten(1).amax(1)) if return_score else total
+
+
+def _channel_distance(a: torch.Tensor, b: torch.Tensor, metric: str) -> torch.Tensor:
+    """Per-pixel distance ``[B, H, W]`` over channels, summed in float64 as the CPU kernel does, so float32
+    features up to FLT_MAX neither overflow the squared norms nor their product."""
+    a, b = a.to(torch.float64), b.to(torch.float64)
+    if metric == "l2":
+        return (a - b).square().sum(1).sqrt()
+    norms = a.square().sum(1).sqrt() * b.square().sum(1).sqrt()
+    return 1.0 - (a * b).sum(1) / norms.clamp_min(COSINE_EPS)
+
+
+def _check_finite_map(out: torch.Tensor) -> None:
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError(
+            "feats_a/feats_b: the anomaly map is not finite (NaN or Inf in the features, or distances overflowing "
+            "their dtype)"
+        )
 
 
 def anomaly_map(
@@ -136,6 +155,9 @@ def anomaly_map(
     Returns:
         Tensor[B, 1, H, W] (float64 for float64 input, else float32), and Tensor[B] when ``return_score``.
 
+    Raises ValueError (naming the argument) for bad arguments, ``blur_sigma`` above 1000, and NaN/Inf in the result
+    (NaN/Inf features, or distances overflowing the dtype: channel sums are accumulated in float64 on CPU).
+
     The kernel is inference-only; when an input requires grad (and grad mode is on) the differentiable
     reference runs instead.
     """
@@ -159,8 +181,12 @@ if has_ops():
 
     @torch.library.register_fake("ad_fast::anomaly_map")
     def _anomaly_map_fake(feats_a, feats_b, out_size, metric, weights, blur_sigma):
+        torch._check(len(feats_a) > 0, lambda: "feats_a must hold at least one feature map")
         first = feats_a[0]
         torch._check(len(feats_a) == len(feats_b), lambda: "feats_a and feats_b must have the same number of levels")
+        # Also reached by a raw call mixing a meta tensor with a real one: the devices must be checked here.
+        check_same_device({f"{name}[{i}]": t for name, ts in (("feats_a", feats_a), ("feats_b", feats_b))
+                           for i, t in enumerate(ts)})
         torch._check(len(weights) == len(feats_a), lambda: "weights must have one entry per level")
         for a, b in zip(feats_a, feats_b):
             torch._check(a.shape == b.shape, lambda: "feats_a and feats_b must have the same shapes")

@@ -7,6 +7,10 @@ import math
 import torch
 import torch.nn.functional as F
 
+# Largest accepted sigma (radius 4000; the kernels' kMaxBlurSigma, csrc/anomaly_map/anomaly_map_common.h): a wider
+# Gaussian is flat over any anomaly map, and its taps alone would take gigabytes.
+MAX_BLUR_SIGMA = 1000.0
+
 
 def blur_radius(sigma: float) -> int:
     """Half-width of the Gaussian used everywhere in ad_fast: ``int(4 * sigma + 0.5)`` (PatchCore/anomalib,
@@ -36,16 +40,21 @@ def reflect_indices(size: int, radius: int, device: torch.device | None = None) 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of ``x`` ``[B, C, H, W]`` with reflect borders; returns the same shape.
 
-    Differentiable. ``sigma`` must be positive and finite.
+    Differentiable. ``sigma`` must be in (0, 1000]. Memory: one axis is padded at a time, so the largest
+    intermediate is ``[B, C, H + 2r, W]`` or ``[B, C, H, W + 2r]`` (``r`` = :func:`blur_radius`).
     """
-    if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
-        raise ValueError(f"sigma: expected a positive finite number, got {sigma!r}")
-    if x.dim() != 4:
-        raise ValueError(f"x: expected a 4-d tensor [B, C, H, W], got shape {tuple(x.shape)}")
+    if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and 0 < sigma <= MAX_BLUR_SIGMA):
+        raise ValueError(f"sigma: expected a number in (0, {MAX_BLUR_SIGMA:g}], got {sigma!r}")
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise ValueError(f"x: expected a 4-d tensor [B, C, H, W], got {getattr(x, 'shape', type(x).__name__)}")
+    if x.numel() == 0:
+        if min(x.shape[2:]) == 0:
+            raise ValueError(f"x: expected non-empty H and W, got shape {tuple(x.shape)}")
+        return x.clone()
     radius = blur_radius(sigma)
     taps = gaussian_taps(sigma, x.dtype, x.device)
     channels = x.shape[1]
-    padded = x.index_select(2, reflect_indices(x.shape[2], radius, x.device))
-    padded = padded.index_select(3, reflect_indices(x.shape[3], radius, x.device))
-    out = F.conv2d(padded, taps.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
-    return F.conv2d(out, taps.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+    rows = x.index_select(2, reflect_indices(x.shape[2], radius, x.device))
+    out = F.conv2d(rows, taps.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+    cols = out.index_select(3, reflect_indices(x.shape[3], radius, x.device))
+    return F.conv2d(cols, taps.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)

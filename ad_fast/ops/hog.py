@@ -54,7 +54,7 @@ def _check_args(
     visualize: bool,
     transform_sqrt: bool,
 ) -> tuple[tuple[int, int], tuple[int, int]]:
-    check_tensor(images, "images", ndim=4, dtypes=INPUT_DTYPES)
+    check_tensor(images, "images", ndim=4, dtypes=INPUT_DTYPES, finite=True)
     if images.shape[1] not in (1, 3):
         raise ValueError(f"images: expected 1 or 3 channels [B, C, H, W], got shape {tuple(images.shape)}")
     if isinstance(orientations, bool) or not isinstance(orientations, int):
@@ -285,7 +285,7 @@ def hog(
 
     Raises:
         TypeError / ValueError: wrong type, rank, dtype, channel count, zero size or arguments; an image smaller
-        than one block.
+        than one block; NaN or Inf in ``images`` (ValueError, from the kernels and the reference alike).
     """
     cell, block = _check_args(
         images, orientations, pixels_per_cell, cells_per_block, block_norm, visualize, transform_sqrt
@@ -307,6 +307,10 @@ if has_ops():
     @torch.library.register_fake("ad_fast::hog")
     def _hog_fake(images, orientations, pixels_per_cell, cells_per_block, block_norm, transform_sqrt, visualize):
         torch._check(images.dim() == 4, lambda: "images must be 4-d [B, C, H, W]")
+        torch._check(
+            len(pixels_per_cell) == 2 and len(cells_per_block) == 2 and min(*pixels_per_cell, *cells_per_block) >= 1,
+            lambda: "pixels_per_cell and cells_per_block must be two positive ints",
+        )
         batch, _, height, width = images.shape
         blocks_r = height // pixels_per_cell[0] - cells_per_block[0] + 1
         blocks_c = width // pixels_per_cell[1] - cells_per_block[1] + 1

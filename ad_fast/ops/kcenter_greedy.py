@@ -197,6 +197,8 @@ if has_ops() and hasattr(torch.ops.ad_fast, "kcenter_greedy"):
 
     @torch.library.register_fake("ad_fast::kcenter_greedy")
     def _kcenter_greedy_fake(projected, n_select, start_index, init_distances):
+        if init_distances is not None:  # a raw call mixing a meta tensor with a real one lands here
+            check_same_device({"projected": projected, "init_distances": init_distances})
         torch._check(projected.dim() == 2, lambda: "projected must be 2-d")
         torch._check(0 <= n_select <= projected.shape[0], lambda: "n_select must be in [0, N]")
         return (

@@ -77,31 +77,41 @@ def knn_reference(
     """Chunked-matmul + ``torch.topk`` version of :func:`knn` (same arguments and results).
 
     Among exactly equal distances at the k-th place the kept index follows ``torch.topk``; the kept
-    results are then ordered by (distance, index).
+    results are then ordered by (distance, index). l2/sqeuclidean rank ``q - c`` against ``b - c`` (``c`` the
+    first query row; the same distances), so a large offset shared by query and bank costs no precision.
     """
     _validated(query, bank, k, metric, bank_sq_norms)
+    query, bank = query.detach(), bank.detach()
     _check_finite(query, bank)
     out_dtype = query.dtype
     dtype = _compute_dtype(query.dtype)
     q_all = query.reshape(-1, query.shape[-1])
-    bank_sq = (bank.to(dtype) ** 2).sum(1) if bank_sq_norms is None else bank_sq_norms.to(dtype)
-    inv_bank_norm = 1.0 / bank_sq.sqrt().clamp_min(NORM_EPS)
+    centred = metric in ("l2", "sqeuclidean")
+    centre = q_all[0].to(dtype) if centred and q_all.shape[0] else None
+    if metric == "cosine":
+        bank_sq = (bank.to(dtype) ** 2).sum(1) if bank_sq_norms is None else bank_sq_norms.to(dtype)
+        inv_bank_norm = 1.0 / bank_sq.sqrt().clamp_min(NORM_EPS)
     dists, indices = [], []
     for start in range(0, q_all.shape[0], _QUERY_CHUNK):
         q = q_all[start : start + _QUERY_CHUNK].to(dtype)
         q_sq = (q * q).sum(1, keepdim=True)
         q_norm = q_sq.sqrt().clamp_min(NORM_EPS)
+        if centred:
+            q = q - centre
+            q_sq = (q * q).sum(1, keepdim=True)
         best_key = q.new_empty(q.shape[0], 0)
         best_idx = torch.empty(q.shape[0], 0, dtype=torch.long, device=q.device)
         for t0 in range(0, bank.shape[0], _BANK_TILE):
             tile = bank[t0 : t0 + _BANK_TILE].to(dtype)
+            if centred:
+                tile = tile - centre
             dot = q @ tile.T
             if metric == "ip":
                 key = -dot
             elif metric == "cosine":
                 key = -dot * inv_bank_norm[t0 : t0 + _BANK_TILE]
             else:
-                key = bank_sq[t0 : t0 + _BANK_TILE] - 2.0 * dot
+                key = (tile * tile).sum(1) - 2.0 * dot
             tile_key, tile_idx = torch.topk(key, min(k, key.shape[1]), dim=1, largest=False, sorted=False)
             best_key = torch.cat([best_key, tile_key], 1)
             best_idx = torch.cat([best_idx, tile_idx + t0], 1)
@@ -143,6 +153,12 @@ def knn(
     are re-scored exactly (float64 accumulation), so distances carry float32 rounding only, not the
     ``||q||^2 + ||b||^2 - 2 q.b`` cancellation, and exact duplicates keep the lower index.
 
+    Exactness under a large common offset: on CPU (kernel and reference) l2/sqeuclidean rank ``q - c`` against
+    ``b - c``, ``c`` the first query row (distances are unchanged; rows near it subtract exactly, integer data stay
+    exact), so features sharing an offset far larger than their spread keep every digit of their distances. The CUDA kernel ranks the untranslated keys ``||b||^2 - 2 q.b``,
+    whose float32 rounding is up to about ``(D + 2) 2^-24 (||b||^2 + 2 ||q|| ||b||)``: a neighbour whose squared
+    distance is within that of the k-th best may be missed there.
+
     Args:
         query (Tensor[M, D] or Tensor[B, M, D]): query rows, any float dtype (float16/bfloat16 computed in
             float32 on CPU; float64 on CUDA runs the reference).
@@ -150,7 +166,8 @@ def knn(
             float32; on CUDA the query is cast to the bank's dtype).
         k (int): neighbours per query, ``1 <= k <= N``.
         metric ("l2" | "sqeuclidean" | "cosine" | "ip"): see above.
-        bank_sq_norms (Tensor[N] float32, optional): precomputed ``||b||^2`` (see :class:`MemoryBank`).
+        bank_sq_norms (Tensor[N] float32, optional): precomputed ``||b||^2`` (see :class:`MemoryBank`), used by the
+            cosine metric and the CUDA kernel (the CPU l2 path takes the norms of the translated rows).
         backend (None | "auto" | "kernel" | "reference"): overrides the global choice (see ``ad_fast.ops``).
 
     Returns:
@@ -161,6 +178,7 @@ def knn(
         TypeError: non-floating or mismatched dtypes.
     """
     _validated(query, bank, k, metric, bank_sq_norms)
+    query, bank = query.detach(), bank.detach()  # not differentiable; the kernel's out= GEMM refuses grad tensors
     if not use_kernel("knn", query.device, backend):
         return knn_reference(query, bank, k, metric, bank_sq_norms=bank_sq_norms)
     flat = query.reshape(-1, query.shape[-1])
@@ -180,6 +198,11 @@ if has_ops() and hasattr(torch.ops.ad_fast, "knn"):
 
     @torch.library.register_fake("ad_fast::knn")
     def _knn_fake(query, bank, k, metric, bank_sq_norms):
+        # Also reached by a raw call mixing a meta tensor with a real one: the devices must be checked here.
+        devices = {"query": query, "bank": bank}
+        if bank_sq_norms is not None:
+            devices["bank_sq_norms"] = bank_sq_norms
+        check_same_device(devices)
         torch._check(query.dim() == 2 and bank.dim() == 2, lambda: "query and bank must be 2-d")
         torch._check(query.shape[1] == bank.shape[1], lambda: "query and bank must have the same feature dim")
         torch._check(1 <= k <= bank.shape[0], lambda: "k must be in [1, N]")

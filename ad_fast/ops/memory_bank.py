@@ -16,6 +16,33 @@ _DTYPE_NAMES = {str(d).replace("torch.", ""): d for d in _STORAGE_DTYPES}
 _NORM_CHUNK_ELEMENTS = 1 << 22  # squared norms are computed through float32 chunks of at most 16 MiB
 
 
+def sq_norms_digest(sq_norms: torch.Tensor) -> str:
+    """SHA-256 (hex) of the float32 bytes of ``sq_norms`` (Tensor[N]): stored beside saved norms so a load can
+    verify them by reading ``4 N`` bytes instead of every row."""
+    import hashlib
+
+    return hashlib.sha256(sq_norms.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+def verified_sq_norms(
+    rows: torch.Tensor, sq_norms: torch.Tensor | None, digest: str | None, source: str, mmap: bool
+) -> torch.Tensor:
+    """Squared norms to search ``rows`` (Tensor[N, D]) with, as loaded from ``source`` (e.g. ``"path: 'x'"``).
+
+    Stored norms are never trusted blindly: a bank read into memory (``mmap=False``) recomputes them from its rows
+    (one pass, so rows and norms always agree); a memory-mapped bank keeps the stored ones only when their
+    SHA-256 matches ``digest`` (written by the save), otherwise (old files: no digest) recomputes them.
+
+    Raises:
+        ValueError: the stored norms do not match their digest (the message starts with ``source``).
+    """
+    if not mmap or sq_norms is None or digest is None:
+        return _sq_norms(rows)
+    if sq_norms_digest(sq_norms) != digest:
+        raise ValueError(f"{source} is corrupt: its stored squared norms do not match their checksum")
+    return sq_norms
+
+
 def _sq_norms(rows: torch.Tensor) -> torch.Tensor:
     """Squared norms (Tensor[N] float32) of ``rows`` (Tensor[N, D]), upcast chunk by chunk, never whole."""
     chunk = max(1, _NORM_CHUNK_ELEMENTS // max(1, rows.shape[1]))
@@ -92,7 +119,7 @@ class MemoryBank:
         check_tensor(rows, "rows", ndim=2, allow_empty=True, finite=True)
         if rows.shape[1] != self.dim:
             raise ValueError(f"rows: expected {self.dim} columns, got shape {tuple(rows.shape)}")
-        stored = rows.to(self.device, self.dtype)
+        stored = rows.detach().to(self.device, self.dtype)
         if not bool(torch.isfinite(stored).all()):
             raise ValueError(f"rows: values overflow the bank's {self.dtype}")
         self.rows = torch.cat([self.rows, stored])
@@ -101,6 +128,8 @@ class MemoryBank:
 
     def search(self, query: torch.Tensor, k: int = 1, metric: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """:func:`ad_fast.ops.knn` of ``query`` (Tensor[M, D] or [B, M, D]) against the bank's rows."""
+        if not isinstance(query, torch.Tensor):
+            raise TypeError(f"query: expected a torch.Tensor, got {type(query).__name__}")
         if len(self) == 0:
             raise ValueError("MemoryBank.search: the bank is empty; add() rows first")
         metric = self.metric if metric is None else metric
@@ -131,6 +160,7 @@ class MemoryBank:
             "dim": self.dim,
             "dtype": str(self.dtype).replace("torch.", ""),
             "metric": self.metric,
+            "sq_norms_sha256": sq_norms_digest(self.sq_norms),
         }
         tensors = {"rows": self.rows.detach().cpu().contiguous(), "sq_norms": self.sq_norms.detach().cpu().contiguous()}
         with atomic_path(path) as tmp:
@@ -149,6 +179,9 @@ class MemoryBank:
                 file must not be truncated or rewritten in place meanwhile (:meth:`save` replaces it by a rename,
                 which is safe). On another device the rows are copied there from the map.
 
+        The stored norms are verified (:func:`verified_sq_norms`): recomputed from the rows without ``mmap``, checked
+        against their SHA-256 with it. Rows of a memory-mapped bank are not checked (that would read the file).
+
         Raises:
             FileNotFoundError: no such file.
             ValueError: a foreign, truncated or corrupt file (the message names ``path``).
@@ -159,7 +192,12 @@ class MemoryBank:
         meta, tensors = read_safetensors(path, "memory-bank file", mmap=mmap)
         if "ad_fast.memory_bank" not in meta or set(tensors) != {"rows", "sq_norms"}:
             raise ValueError(f"path: {path!r} is not an ad_fast MemoryBank file")
-        config = json.loads(meta["ad_fast.memory_bank"])
+        try:
+            config = json.loads(meta["ad_fast.memory_bank"])
+        except ValueError as error:
+            raise ValueError(f"path: {path!r} has a corrupt MemoryBank config ({error})") from error
+        if not isinstance(config, dict) or not {"dim", "dtype", "metric"} <= set(config):
+            raise ValueError(f"path: {path!r} has a MemoryBank config without dim/dtype/metric: {config!r}")
         if config.get("format_version") != FORMAT_VERSION:
             version = config.get("format_version")
             raise ValueError(f"path: unsupported MemoryBank format version {version!r} (expected {FORMAT_VERSION})")
@@ -173,4 +211,5 @@ class MemoryBank:
         )
         if not consistent:
             raise ValueError(f"path: {path!r} holds tensors inconsistent with its MemoryBank config {config}")
+        sq_norms = verified_sq_norms(rows, sq_norms, config.get("sq_norms_sha256"), f"path: {path!r}", mmap)
         return cls.from_rows(rows.to(device, copy=not mmap), config["metric"], sq_norms.to(device, copy=not mmap))

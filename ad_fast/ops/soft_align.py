@@ -6,6 +6,8 @@ position (of every prompt, when several are given). The kernel is flash-style: i
 ``Nq x Np`` attention matrix, and its backward recomputes it tile by tile from the per-query logsumexp.
 
 ``hard_align`` takes, for every query position, ``v`` at the prompt position of highest cosine similarity.
+
+Both reject NaN or Inf in ``q``, ``k`` or ``v`` with a ValueError naming the argument (kernels and references).
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ def _flattened(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch
     check_tensor(k, "k", ndim=(4, 5), dtypes=FLOAT_DTYPES, allow_empty=True)
     check_tensor(v, "v", ndim=(4, 5), dtypes=FLOAT_DTYPES, allow_empty=True)
     check_same_device({"q": q, "k": k, "v": v})
+    if not torch.compiler.is_compiling():  # a compiled graph cannot branch on values; the kernels still check
+        for name, t in (("q", q), ("k", k), ("v", v)):  # NaN/Inf: rejected by the kernels and references alike
+            check_tensor(t, name, dtypes=None, allow_empty=True, finite=True)
     if k.dim() != v.dim():
         raise ValueError(f"v: expected a {k.dim()}-d tensor like k (with or without a prompt dim), got {v.dim()}-d")
     if k.dtype != q.dtype or v.dtype != q.dtype:
@@ -156,6 +161,8 @@ if has_ops():
 
     @torch.library.register_fake("ad_fast::soft_align")
     def _soft_align_fake(q, k, v, scale):
+        # Also reached by a raw call mixing a meta tensor with a real one: the devices must be checked here.
+        check_same_device({"q": q, "k": k, "v": v})
         torch._check(q.dim() == 3 and k.dim() == 3 and v.dim() == 3, lambda: "q, k, v must be 3-d [B, C, N]")
         torch._check(k.shape[0] == q.shape[0] and v.shape[0] == q.shape[0], lambda: "batch sizes must match")
         torch._check(k.shape[1] == q.shape[1], lambda: "k must have q's channel count")
@@ -165,11 +172,13 @@ if has_ops():
 
     @torch.library.register_fake("ad_fast::_soft_align_backward")
     def _soft_align_backward_fake(grad_out, q, k, v, lse, delta, scale, compute_dv):
+        check_same_device({"q": q, "grad_out": grad_out, "k": k, "v": v, "lse": lse, "delta": delta})
         grad_v = torch.empty_like(v) if compute_dv else v.new_empty((0,))
         return torch.empty_like(q), torch.empty_like(k), grad_v
 
     @torch.library.register_fake("ad_fast::hard_align_match")
     def _hard_align_match_fake(q, k):
+        check_same_device({"q": q, "k": k})
         torch._check(q.dim() == 3 and k.dim() == 3 and k.shape[:2] == q.shape[:2], lambda: "q, k: [B, C, N]")
         shape = (q.shape[0], q.shape[2])
         return q.new_empty(shape, dtype=_lse_dtype(q)), q.new_empty(shape, dtype=torch.int64)

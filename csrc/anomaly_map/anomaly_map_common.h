@@ -46,7 +46,12 @@ AD_HOST_DEVICE inline int64_t reflect_index(int64_t i, int64_t n) {
   return i >= n ? period - i : i;
 }
 
+// Largest accepted blur sigma (radius 4000): the entry points reject more, so the radius always fits an int and
+// the taps stay small. A Gaussian that wide is already flat over any anomaly map.
+constexpr double kMaxBlurSigma = 1000.0;
+
 // Gaussian radius used by PatchCore/anomalib and by scipy.ndimage.gaussian_filter(truncate=4): int(4 sigma + 0.5).
+// sigma must be at most kMaxBlurSigma (checked by the callers).
 inline int blur_radius(double sigma) { return sigma > 0 ? static_cast<int>(4.0 * sigma + 0.5) : 0; }
 
 // Normalised Gaussian taps, 2 * radius + 1 of them.

@@ -17,14 +17,15 @@ namespace ad_fast {
 namespace anomaly_map {
 namespace {
 
-// Distance of one image row of one level: dist[w] for w in [0, W).
+// Distance of one image row of one level: dist[w] for w in [0, W). Sums are accumulated in double: float32 features
+// up to FLT_MAX then neither overflow the squared norms nor their product (1 - x.y / (|x| |y|) stays exact).
 template <typename scalar_t>
 void row_distance(const scalar_t* a, const scalar_t* b, int64_t C, int64_t W, int64_t as_c, int64_t as_w,
-                  int64_t bs_c, int64_t bs_w, bool cosine, scalar_t* dist, std::vector<scalar_t>& acc) {
-  acc.assign(3 * W, scalar_t(0));
-  scalar_t* dot = acc.data();
-  scalar_t* na = dot + W;
-  scalar_t* nb = na + W;
+                  int64_t bs_c, int64_t bs_w, bool cosine, scalar_t* dist, std::vector<double>& acc) {
+  acc.assign(3 * W, 0.0);
+  double* dot = acc.data();
+  double* na = dot + W;
+  double* nb = na + W;
   const bool width_contiguous = as_w == 1 && bs_w == 1;
   if (width_contiguous) {  // NCHW: stream each channel's row, the w loop vectorises
     for (int64_t c = 0; c < C; ++c) {
@@ -32,13 +33,14 @@ void row_distance(const scalar_t* a, const scalar_t* b, int64_t C, int64_t W, in
       const scalar_t* br = b + c * bs_c;
       if (cosine) {
         for (int64_t w = 0; w < W; ++w) {
-          dot[w] += ar[w] * br[w];
-          na[w] += ar[w] * ar[w];
-          nb[w] += br[w] * br[w];
+          const double x = ar[w], y = br[w];
+          dot[w] += x * y;
+          na[w] += x * x;
+          nb[w] += y * y;
         }
       } else {
         for (int64_t w = 0; w < W; ++w) {
-          const scalar_t d = ar[w] - br[w];
+          const double d = static_cast<double>(ar[w]) - static_cast<double>(br[w]);
           dot[w] += d * d;
         }
       }
@@ -47,9 +49,9 @@ void row_distance(const scalar_t* a, const scalar_t* b, int64_t C, int64_t W, in
     for (int64_t w = 0; w < W; ++w) {
       const scalar_t* ap = a + w * as_w;
       const scalar_t* bp = b + w * bs_w;
-      scalar_t s_dot = 0, s_na = 0, s_nb = 0;
+      double s_dot = 0, s_na = 0, s_nb = 0;
       for (int64_t c = 0; c < C; ++c) {
-        const scalar_t x = ap[c * as_c], y = bp[c * bs_c];
+        const double x = ap[c * as_c], y = bp[c * bs_c];
         if (cosine) {
           s_dot += x * y;
           s_na += x * x;
@@ -63,10 +65,12 @@ void row_distance(const scalar_t* a, const scalar_t* b, int64_t C, int64_t W, in
       nb[w] = s_nb;
     }
   }
-  // 1 - x.y / sqrt(max(|x|^2 |y|^2, eps^2)), eps = 1e-8: torch.nn.functional.cosine_similarity's rule.
-  const scalar_t eps2 = scalar_t(1e-16);
+  // 1 - x.y / max(|x| |y|, eps), eps = 1e-8: torch.nn.functional.cosine_similarity's rule (|x| |y| as a product
+  // of square roots, so float64 features near DBL_MAX do not overflow it either).
+  const double eps = 1e-8;
   for (int64_t w = 0; w < W; ++w) {
-    dist[w] = cosine ? scalar_t(1) - dot[w] / std::sqrt(std::max(na[w] * nb[w], eps2)) : std::sqrt(dot[w]);
+    dist[w] = static_cast<scalar_t>(cosine ? 1.0 - dot[w] / std::max(std::sqrt(na[w]) * std::sqrt(nb[w]), eps)
+                                           : std::sqrt(dot[w]));
   }
 }
 
@@ -81,7 +85,7 @@ at::Tensor level_distance(const at::Tensor& a, const at::Tensor& b, bool cosine)
   const auto bs = b.strides();
   const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, C * W / 64));
   cpu::parallel_for(0, B * H, grain, [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> acc;
+    std::vector<double> acc;
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / H, h = row % H;
       row_distance<scalar_t>(a_ptr + n * as[0] + h * as[2], b_ptr + n * bs[0] + h * bs[2], C, W, as[1], as[3], bs[1],
@@ -169,6 +173,8 @@ at::Tensor anomaly_map_cpu(at::TensorList feats_a, at::TensorList feats_b, at::I
   AD_CHECK(weights.size() == feats_a.size(), "weights must have one entry per level, got ", weights.size());
   AD_CHECK(out_size.size() == 2 && out_size[0] > 0 && out_size[1] > 0, "out_size must be two positive ints");
   AD_CHECK(metric == "cosine" || metric == "l2", "metric must be 'cosine' or 'l2', got '", std::string(metric), "'");
+  AD_CHECK(std::isfinite(blur_sigma) && blur_sigma <= kMaxBlurSigma, "blur_sigma must be finite and at most ",
+           kMaxBlurSigma, " (<= 0: no blur), got ", blur_sigma);
   const bool cosine = metric == "cosine";
   const at::Tensor& first = feats_a[0];
   const int64_t B = first.size(0), H = out_size[0], W = out_size[1];
@@ -210,6 +216,8 @@ at::Tensor anomaly_map_cpu(at::TensorList feats_a, at::TensorList feats_b, at::I
       vertical_blur<scalar_t>(rows.const_data_ptr<scalar_t>(), out_ptr, B, H, W, blur_taps);
     }
   });
+  TORCH_CHECK_VALUE(at::isfinite(out).all().item<bool>(), "feats_a/feats_b: the anomaly map is not finite (NaN or Inf "
+                    "in the features, or distances overflowing their dtype)");
   return out;
 }
 

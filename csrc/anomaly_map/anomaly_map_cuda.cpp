@@ -1,6 +1,8 @@
 // ATen binding of the CUDA anomaly map: checks, device guard, scratch allocation, current stream.
 // Compiled only when torch has CUDA (setup.py adds *_cuda.cpp then).
 #include <ATen/ATen.h>
+
+#include <cmath>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -24,6 +26,8 @@ at::Tensor anomaly_map_cuda(at::TensorList feats_a, at::TensorList feats_b, at::
   AD_CHECK(weights.size() == feats_a.size(), "weights must have one entry per level, got ", weights.size());
   AD_CHECK(out_size.size() == 2 && out_size[0] > 0 && out_size[1] > 0, "out_size must be two positive ints");
   AD_CHECK(metric == "cosine" || metric == "l2", "metric must be 'cosine' or 'l2', got '", std::string(metric), "'");
+  AD_CHECK(std::isfinite(blur_sigma) && blur_sigma <= kMaxBlurSigma, "blur_sigma must be finite and at most ",
+           kMaxBlurSigma, " (<= 0: no blur), got ", blur_sigma);
   const at::Tensor& first = feats_a[0];
   const c10::cuda::CUDAGuard guard(first.device());
   const int64_t B = first.size(0), H = out_size[0], W = out_size[1];
@@ -66,6 +70,8 @@ at::Tensor anomaly_map_cuda(at::TensorList feats_a, at::TensorList feats_b, at::
       radius > 0 ? rows.mutable_data_ptr<float>() : nullptr, out.mutable_data_ptr<float>(),
       c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == cudaSuccess, "anomaly_map CUDA kernel failed: ", cudaGetErrorString(err));
+  TORCH_CHECK_VALUE(at::isfinite(out).all().item<bool>(), "feats_a/feats_b: the anomaly map is not finite (NaN or Inf "
+                    "in the features, or distances overflowing float32)");
   return out;
 }
 

@@ -4,6 +4,9 @@
 
 #include <ATen/ATen.h>
 
+#include <cstdint>
+#include <limits>
+
 #define AD_CHECK(cond, ...) TORCH_CHECK(cond, __VA_ARGS__)
 
 #define AD_CHECK_NDIM(t, n) \
@@ -23,3 +26,14 @@
 #define AD_CHECK_SAME_DTYPE(a, b)                                                                   \
   TORCH_CHECK((a).scalar_type() == (b).scalar_type(), #a " and " #b " must share a dtype, got ", \
               (a).scalar_type(), " and ", (b).scalar_type())
+
+// NaN/Inf in a floating tensor is rejected with a ValueError naming the argument (one extra read of the tensor;
+// integer tensors pass without a read).
+#define AD_CHECK_FINITE(t, name)                                                                                 \
+  TORCH_CHECK_VALUE(!at::isFloatingType((t).scalar_type()) || (t).numel() == 0 || at::isfinite(t).all().item<bool>(), \
+                    name " contains NaN or Inf")
+
+// An int64 argument that the kernels hold in a 32-bit int: checked before the cast, so 2**32 + 8 is not read as 8.
+#define AD_CHECK_INT32_RANGE(value, name)                                                                        \
+  TORCH_CHECK_VALUE((value) >= 1 && (value) <= std::numeric_limits<int32_t>::max(), name " must be in [1, ",     \
+                    std::numeric_limits<int32_t>::max(), "], got ", (value))

@@ -33,6 +33,14 @@ inline HogGeometry check_hog_args(const at::Tensor& images, int64_t orientations
            "pixels_per_cell must be two positive ints, got ", pixels_per_cell);
   AD_CHECK(cells_per_block.size() == 2 && cells_per_block[0] >= 1 && cells_per_block[1] >= 1,
            "cells_per_block must be two positive ints, got ", cells_per_block);
+  // The geometry is held in 32-bit ints: a cell or block larger than the image is rejected before the cast
+  // (2**32 + 8 would otherwise wrap to 8, and 2**32 to 0, a division by zero).
+  AD_CHECK(pixels_per_cell[0] <= images.size(2) && pixels_per_cell[1] <= images.size(3),
+           "pixels_per_cell must fit in the ", images.size(2), "x", images.size(3), " images, got ", pixels_per_cell);
+  AD_CHECK(cells_per_block[0] <= images.size(2) && cells_per_block[1] <= images.size(3),
+           "cells_per_block must fit in the ", images.size(2), "x", images.size(3), " images, got ", cells_per_block);
+  AD_CHECK_INT32_RANGE(images.size(2), "images' height");
+  AD_CHECK_INT32_RANGE(images.size(3), "images' width");
   AD_CHECK(!visualize || (pixels_per_cell[0] >= 2 && pixels_per_cell[1] >= 2),
            "visualize needs pixels_per_cell of at least 2x2, got ", pixels_per_cell);
   HogGeometry g;
@@ -52,6 +60,7 @@ inline HogGeometry check_hog_args(const at::Tensor& images, int64_t orientations
   AD_CHECK(g.blocks_r >= 1 && g.blocks_c >= 1, "images of ", g.height, "x", g.width,
            " are smaller than one block; need at least ", g.cell_h * g.block_h, "x", g.cell_w * g.block_w);
   g.norm = parse_block_norm(block_norm);
+  AD_CHECK_FINITE(images, "images");
   return g;
 }
 

@@ -8,7 +8,7 @@
 namespace ad_fast {
 namespace kcenter_greedy {
 
-// projected: float32 [N, d]; init_distances (optional): float32 [N] on projected's device; otherwise
+// projected: float32 [N, d]; init_distances (optional): finite float32 [N] on projected's device; otherwise
 // start_index in [0, N) whenever something is selected. The caller checks projected's device type.
 inline void check_arguments(const at::Tensor& projected, int64_t n_select, int64_t start_index,
                             const c10::optional<at::Tensor>& init_distances) {
@@ -22,6 +22,8 @@ inline void check_arguments(const at::Tensor& projected, int64_t n_select, int64
                           init_distances->scalar_type() == at::kFloat,
                       "init_distances must be a float32 [", N, "] tensor, got ", init_distances->scalar_type(), " ",
                       init_distances->sizes());
+    // NaN or -inf would never win the argmax, so the greedy loop would pick no valid row.
+    AD_CHECK_FINITE(*init_distances, "init_distances");
   } else if (n_select > 0) {
     TORCH_CHECK_VALUE(start_index >= 0 && start_index < N, "start_index must be in [0, ", N, "), got ",
                       start_index);

@@ -2,7 +2,8 @@
 //
 // Every metric is ranked by an ascending key that is affine in the dot product s = <q, b>:
 //   key = alpha[j] + beta[j] * s        (the per-query constant is added back when finishing)
-//   l2 / sqeuclidean: alpha = ||b||^2, beta = -2      (distance^2 = ||q||^2 + key)
+//   l2 / sqeuclidean: alpha = ||b||^2, beta = -2      (distance^2 = ||q||^2 + key; the CPU kernel applies it to
+//                     q - c and b - c, c the first query row, so a large common offset does not cancel the digits)
 //   cosine:           alpha = 0,       beta = -1/max(||b||, eps)   (distance = 1 + key / max(||q||, eps))
 //   ip:               alpha = 0,       beta = -1      (similarity = -key)
 #pragma once

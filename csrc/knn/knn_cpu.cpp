@@ -1,7 +1,8 @@
 // CPU kernel of the exact kNN op. The bank is scanned in tiles: per (query block, bank tile) one GEMM (oneDNN
 // for float32, else at::mm_out into a per-thread buffer; the tile stays in cache), then a fused epilogue turns
 // the products into ranking keys (knn_common.h), checks them for NaN/Inf and updates a sorted running list of
-// the best k + kSlack candidates per query. Finally each query's candidates are re-scored exactly (float64
+// the best k + kSlack candidates per query (l2/sqeuclidean rank the problem translated by the first query row, so
+// a large offset shared by the data costs no precision). Finally each query's candidates are re-scored exactly (float64
 // accumulation) and the best k are written in (distance, index) order.
 //
 // Memory: per thread one kQueryBlock x kBankTile product tile (+ one kBankTile x D converted tile for a
@@ -57,7 +58,7 @@ struct TopList {
   }
 };
 
-// Ranking-key coefficients per bank row (see knn_common.h).
+// Ranking-key coefficients per bank row of the cosine and ip metrics (see knn_common.h; l2 centres instead).
 template <typename T>
 void key_coefficients(const at::Tensor& bank, const c10::optional<at::Tensor>& sq_norms, Metric metric,
                       std::vector<T>& alpha, std::vector<T>& beta) {
@@ -84,13 +85,7 @@ void key_coefficients(const at::Tensor& bank, const c10::optional<at::Tensor>& s
       });
     });
   }
-  for (int64_t j = 0; j < N; ++j) {
-    if (metric == Metric::Cosine) {
-      beta[j] = static_cast<T>(-1.0 / std::max(std::sqrt(norms[j]), kNormEps));
-    } else {
-      alpha[j] = static_cast<T>(norms[j]);
-    }
-  }
+  for (int64_t j = 0; j < N; ++j) beta[j] = static_cast<T>(-1.0 / std::max(std::sqrt(norms[j]), kNormEps));
 }
 
 // Keys of one row of products (in place); returns the row minimum, sets *nonfinite on NaN/Inf keys.
@@ -139,20 +134,39 @@ struct Candidates {
 };
 
 // Scans bank rows [n0, n1) for query rows [m0, m0 + mb): GEMM tile by tile, fused key + top-list epilogue.
+// With `centre` (l2/sqeuclidean), the tile is copied as rows b - centre and alpha holds their squared norms,
+// computed here from the copy; otherwise alpha/beta are the per-row coefficients of the whole bank.
 template <typename T>
 void scan(const at::Tensor& query, const at::Tensor& bank, int64_t m0, int64_t mb, int64_t n0, int64_t n1,
-          const T* alpha, const T* beta, int64_t split, Candidates& cand, std::vector<T>& cand_key,
-          at::Tensor& prod_buf, at::Tensor& tile_buf, bool* nonfinite) {
+          const T* alpha, const T* beta, const std::vector<T>* centre, int64_t split, Candidates& cand,
+          std::vector<T>& cand_key, at::Tensor& prod_buf, at::Tensor& tile_buf, bool* nonfinite) {
   const at::Tensor q = query.narrow(0, m0, mb);
+  const int64_t D = query.size(1);
+  std::vector<T> tile_alpha(centre != nullptr ? kBankTile : 0);
   for (int64_t t0 = n0; t0 < n1; t0 += kBankTile) {
     const int64_t nb = std::min(kBankTile, n1 - t0);
     at::Tensor tile = bank.narrow(0, t0, nb);
-    if (tile.scalar_type() != query.scalar_type()) tile = tile_buf.narrow(0, 0, nb).copy_(tile);
+    if (centre != nullptr || tile.scalar_type() != query.scalar_type()) tile = tile_buf.narrow(0, 0, nb).copy_(tile);
+    const T* row_alpha = alpha + t0;
+    if (centre != nullptr) {
+      T* t = tile.mutable_data_ptr<T>();
+      const T* c = centre->data();
+      for (int64_t j = 0; j < nb; ++j) {
+        double acc = 0;
+        for (int64_t d = 0; d < D; ++d) {
+          const T v = t[j * D + d] - c[d];
+          t[j * D + d] = v;
+          acc += static_cast<double>(v) * static_cast<double>(v);
+        }
+        tile_alpha[j] = static_cast<T>(acc);
+      }
+      row_alpha = tile_alpha.data();
+    }
     at::Tensor prod = tile_products(q, tile, prod_buf);
     T* p = prod.mutable_data_ptr<T>();
     for (int64_t r = 0; r < mb; ++r) {
       T* s = p + r * nb;
-      const T row_min = keys_of_row<T>(s, alpha + t0, beta + t0, nb, nonfinite);
+      const T row_min = keys_of_row<T>(s, row_alpha, beta + t0, nb, nonfinite);
       const int64_t slot = split * cand.rows + m0 + r;
       TopList<T> list{cand_key.data() + slot * cand.cap, cand.idx.data() + slot * cand.cap, cand.count.data() + slot,
                       static_cast<int32_t>(cand.cap)};
@@ -229,8 +243,23 @@ template <typename T>
 void knn_cpu_impl(const at::Tensor& query, const at::Tensor& bank, int64_t k, Metric metric,
                   const c10::optional<at::Tensor>& sq_norms, at::Tensor& dist, at::Tensor& index) {
   const int64_t M = query.size(0), N = bank.size(0), D = query.size(1);
-  std::vector<T> alpha, beta;
-  key_coefficients<T>(bank, sq_norms, metric, alpha, beta);
+  // l2/sqeuclidean: the tiled pass ranks rows of the translated problem (q - c, b - c), c the first query row,
+  // which has the same distances. Without it, a large offset shared by query and bank would leave the keys
+  // ||b||^2 - 2 q.b with no significant digits for the distance (offset / spread ~ 1e3 in float32), and the
+  // pre-selection of k + kSlack candidates would lose the true neighbours. c is a row of the data, not a mean:
+  // rows near it subtract exactly (Sterbenz), and integer-valued data stay integers, so exact ties stay exact.
+  const bool centred = metric == Metric::L2 || metric == Metric::SqEuclidean;
+  std::vector<T> alpha, beta, centre;
+  at::Tensor ranked_query = query;
+  if (centred) {
+    const T* first = query.const_data_ptr<T>();
+    centre.assign(first, first + D);
+    ranked_query = (query - query.narrow(0, 0, 1)).contiguous();
+    alpha.assign(N, T(0));
+    beta.assign(N, T(-2));
+  } else {
+    key_coefficients<T>(bank, sq_norms, metric, alpha, beta);
+  }
 
   const int64_t query_block = std::min(kQueryBlock, M);
   const int64_t query_blocks = (M + query_block - 1) / query_block;
@@ -248,15 +277,16 @@ void knn_cpu_impl(const at::Tensor& query, const at::Tensor& bank, int64_t k, Me
 
   cpu::parallel_for(0, query_blocks * splits, 1, [&](int64_t begin, int64_t end) {
     at::Tensor prod_buf = at::empty({query_block * kBankTile}, query.options());
-    at::Tensor tile_buf = bank.scalar_type() == query.scalar_type() ? at::Tensor()
-                                                                     : at::empty({kBankTile, D}, query.options());
+    at::Tensor tile_buf = !centred && bank.scalar_type() == query.scalar_type()
+                              ? at::Tensor()
+                              : at::empty({kBankTile, D}, query.options());
     bool local_nonfinite = false;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t qb = item / splits, split = item % splits;
       const int64_t m0 = qb * query_block, mb = std::min(query_block, M - m0);
       const int64_t n0 = split * split_rows, n1 = std::min(N, n0 + split_rows);
-      scan<T>(query, bank, m0, mb, n0, n1, alpha.data(), beta.data(), split, cand, cand_key, prod_buf, tile_buf,
-              &local_nonfinite);
+      scan<T>(ranked_query, bank, m0, mb, n0, n1, alpha.data(), beta.data(), centred ? &centre : nullptr, split, cand,
+              cand_key, prod_buf, tile_buf, &local_nonfinite);
     }
     if (local_nonfinite) nonfinite = true;
   });

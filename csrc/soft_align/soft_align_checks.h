@@ -10,7 +10,7 @@
 namespace ad_fast {
 namespace soft_align {
 
-// q [B, Cqk, Nq], k [B, Cqk, Np] with Np >= 1; v [B, Cv, Np] (v is skipped when undefined).
+// q [B, Cqk, Nq], k [B, Cqk, Np] with Np >= 1; v [B, Cv, Np]; all finite (NaN/Inf raise a ValueError).
 inline void check_match_inputs(const at::Tensor& q, const at::Tensor& k) {
   AD_CHECK_NDIM(q, 3);
   AD_CHECK_NDIM(k, 3);
@@ -20,6 +20,8 @@ inline void check_match_inputs(const at::Tensor& q, const at::Tensor& k) {
   TORCH_CHECK(k.size(0) == q.size(0), "k must have batch ", q.size(0), " like q, got shape ", k.sizes());
   TORCH_CHECK(k.size(1) == q.size(1), "k must have Cqk=", q.size(1), " channels like q, got shape ", k.sizes());
   TORCH_CHECK(k.size(2) > 0, "k must hold at least one prompt position, got shape ", k.sizes());
+  AD_CHECK_FINITE(q, "q");
+  AD_CHECK_FINITE(k, "k");
 }
 
 inline void check_soft_align_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
@@ -29,6 +31,7 @@ inline void check_soft_align_inputs(const at::Tensor& q, const at::Tensor& k, co
   AD_CHECK_DEVICE(v, q.device());
   TORCH_CHECK(v.size(0) == q.size(0) && v.size(2) == k.size(2), "v must have shape [", q.size(0), ", Cv, ",
               k.size(2), "] to match q and k, got ", v.sizes());
+  AD_CHECK_FINITE(v, "v");
 }
 
 inline void check_soft_align_backward_inputs(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from ...data.images import check_image_side
 from .knowledge import ATTENTION_MODES
 from .training import TrainConfig
 
@@ -71,7 +72,8 @@ class DMADConfig:
         for name in ("feature_dtype", "bank_dtype"):
             if getattr(self, name) not in DTYPES:
                 raise ValueError(f"{name}: expected one of {DTYPES}, got {getattr(self, name)!r}")
-        for name in ("image_size", "embed_dim", "n_textures", "hidden", "mapper_layers", "top_k", "batch_size"):
+        check_image_side(self.image_size, "image_size")
+        for name in ("embed_dim", "n_textures", "hidden", "mapper_layers", "top_k", "batch_size"):
             _positive(getattr(self, name), name)
         value = self.synthetic_anomalies
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:

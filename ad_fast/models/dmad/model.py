@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from ...data.images import ImageInput
 from ...ops import MemoryBank, anomaly_map, gaussian_blur
+from ...ops.memory_bank import sq_norms_digest, verified_sq_norms
 from ...results import AnomalyResult
 from ..base import Detector, prefixed
 from ..components.weights import load_state_dict_strict
@@ -295,7 +296,9 @@ class DMAD(Detector):
             if module is not None:
                 tensors.update({prefix + k: v for k, v in module.state_dict().items()})
         state = {"attention": None if self.enhancer is None else self.enhancer.attention,
-                 "semi_supervised": self.semi_supervised}
+                 "semi_supervised": self.semi_supervised,
+                 "sq_norms_sha256": {name: sq_norms_digest(tensors[name + NORMS_SUFFIX])
+                                     for name in BANKS if name + NORMS_SUFFIX in tensors}}
         return tensors, state
 
     def _restore(self, tensors: dict[str, torch.Tensor], state: dict[str, Any], mmap: bool) -> None:
@@ -309,8 +312,13 @@ class DMAD(Detector):
                 rows = tensors[name]
                 if rows.dim() != 2 or rows.shape[1] != dim:
                     raise ValueError(f"path: {name} has shape {tuple(rows.shape)}, expected [K, {dim}]")
-                bank = (MemoryBank.from_rows(rows, "l2", tensors.get(name + NORMS_SUFFIX)) if mmap
-                        else self._bank(rows))
+                if mmap:  # stored norms are used only when their checksum holds (ops.memory_bank)
+                    digest = (state.get("sq_norms_sha256") or {}).get(name)
+                    norms = verified_sq_norms(rows, tensors.get(name + NORMS_SUFFIX), digest,
+                                              f"path: the DMAD file's {name}", mmap=True)
+                    bank = MemoryBank.from_rows(rows, "l2", norms)
+                else:
+                    bank = self._bank(rows)
                 setattr(self, name, bank)
         self.semi_supervised = bool(state.get("semi_supervised"))
         if self.mode == "dmad":

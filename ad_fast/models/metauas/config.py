@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ...data.images import check_image_side
+
 
 def check_img_size(img_size: Any) -> None:
-    """Raise ValueError unless ``img_size`` is a positive multiple of 32 (the encoder's total stride)."""
-    if not isinstance(img_size, int) or img_size < 32 or img_size % 32:
-        raise ValueError(f"img_size: expected a positive multiple of 32, got {img_size!r}")
+    """Raise ValueError unless ``img_size`` is a multiple of 32 (the encoder's total stride) up to 8192."""
+    check_image_side(img_size, "img_size", multiple=32, minimum=32)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ...data import ImageInput, to_image_batch
-from ...data.images import resize_image
+from ...data.images import check_image_side, resize_image
 from ...results import AnomalyResult
 from ..base import Detector
 from ..components.imagenet import IMAGENET_MEAN, IMAGENET_STD
@@ -59,8 +59,7 @@ class OneNIP(Detector):
                  encoder_depth: int = 4, decoder_depth: int = 4, dropout: float = 0.1,
                  neighbour: Sequence[int] | None = None, avgpool_size: int = 16, kappa: float | None = None):
         super().__init__()
-        if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 32 or img_size % FEATURE_STRIDE:
-            raise ValueError(f"img_size: expected a multiple of {FEATURE_STRIDE} of at least 32, got {img_size!r}")
+        check_image_side(img_size, "img_size", multiple=FEATURE_STRIDE, minimum=32)
         if backbone not in BACKBONES:
             raise ValueError(f"backbone: expected one of {BACKBONES}, got {backbone!r}")
         if not 0.0 <= float(alpha) <= 1.0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from ...data.images import check_image_side
 from ...ops._validate import check_choice
 
 INPUT_MAPS = ("hog", "sobel", "roberts", "canny")
@@ -70,9 +71,7 @@ class ReDiConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "stage1_milestones", tuple(self.stage1_milestones))
         object.__setattr__(self, "stage2_milestones", tuple(self.stage2_milestones))
-        _positive_int(self.img_size, "img_size")
-        if self.img_size % 32:
-            raise ValueError(f"img_size: expected a multiple of 32, got {self.img_size}")
+        check_image_side(self.img_size, "img_size", multiple=32)
         for name in ("hip_width", "student_width_factor", "hog_orientations", "hog_cell", "batch_size"):
             _positive_int(getattr(self, name), name)
         if self.hip_width % 2:

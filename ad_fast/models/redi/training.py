@@ -54,6 +54,11 @@ def _load_checkpoint(path: Path, stage: int, config: ReDiConfig) -> dict:
     state = load_training_state(path, f"ReDi stage-{stage} checkpoint")
     if state.get("version") != CHECKPOINT_VERSION or state.get("stage") != stage:
         raise ValueError(f"checkpoint_dir: {str(path)!r} is not a ReDi stage-{stage} checkpoint (version {CHECKPOINT_VERSION})")
+    kinds = {"module": dict, "optimizer": dict, "epoch": int, "history": list}
+    malformed = [key for key, kind in kinds.items() if not isinstance(state.get(key), kind)]
+    if malformed:
+        raise ValueError(f"checkpoint_dir: {str(path)!r} is a malformed ReDi stage-{stage} checkpoint "
+                         f"(missing or wrong: {', '.join(malformed)})")
     try:
         differences = config_differences(state.get("config"), config)
     except (TypeError, ValueError) as error:
@@ -95,8 +100,11 @@ def run_stage(
     path = checkpoint_path(checkpoint_dir, stage) if checkpoint_dir is not None else None
     if path is not None and resume and path.is_file():
         state = _load_checkpoint(path, stage, config)
-        module.load_state_dict(state["module"])
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            module.load_state_dict(state["module"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise ValueError(f"checkpoint_dir: {str(path)!r} does not fit this ReDi stage {stage}: {error}") from error
         start, history = int(state["epoch"]), list(state["history"])
     device = next(module.parameters()).device
     setup(device)  # joins torchrun's process group, if launched by it
