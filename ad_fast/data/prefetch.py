@@ -41,7 +41,7 @@ def _load(item: ImageInput, index: int, size: tuple[int, int] | None, name: str
         raise
     original = (int(image.shape[1]), int(image.shape[2]))
     if size is not None:
-        image = resize_image(image, size).clamp_(0.0, 1.0)
+        image = resize_image(image, size).clamp(0.0, 1.0)  # out of place: may be the caller's tensor
     return image, original
 
 

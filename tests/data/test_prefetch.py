@@ -61,3 +61,13 @@ def test_leaving_early_and_bad_arguments(files):
                           ({"batch_size": 1, "workers": -2}, "workers")):
         with pytest.raises(ValueError, match=match):
             list(prefetch_batches(files, **kwargs))
+
+
+def test_the_callers_tensors_are_not_modified_even_in_inference_mode():
+    """A tensor already at the target size is not copied by the resize: clamping must not write into it (an
+    inference tensor from the caller's inference_mode cannot be written from the worker threads at all)."""
+    with torch.inference_mode():
+        image = torch.full((3, 8, 8), 1.5)
+    batch = next(prefetch_batches([image], batch_size=1, size=(8, 8)))
+    assert float(batch.images.max()) == 1.0
+    assert float(image.max()) == 1.5

@@ -128,7 +128,7 @@ def test_redi_and_dmad_steps_at_world_size_2_match_one_process(run, tmp_path):
     torch.manual_seed(0)
     redi = ReDi(**cases.REDI_OPTIONS)
     initial = {k: v.clone() for k, v in redi.recover.state_dict().items()}
-    history = redi.fit(cases.redi_images(), progress=False).history
+    history = redi.fit(cases.redi_images(), validation=cases.redi_validation(), progress=False).history
     for stage in ("recover", "discriminate"):
         assert r0["redi_history"][stage][0] == pytest.approx(history[stage][0], rel=0.2)
     _same_direction(initial, redi.recover.state_dict(), r0["redi_recover"])

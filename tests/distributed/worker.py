@@ -86,7 +86,7 @@ def trainer_steps() -> dict:
 
     torch.manual_seed(0)
     redi = ReDi(**cases.REDI_OPTIONS)
-    history = redi.fit(cases.redi_images(), progress=False).history
+    history = redi.fit(cases.redi_images(), validation=cases.redi_validation(), progress=False).history
     torch.manual_seed(0)
     metauas = MetaUAS(img_size=64)
     losses = train(metauas, cases.metauas_pairs(), TrainConfig(epochs=1, batch_size=2, max_steps=1))
