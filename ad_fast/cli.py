@@ -289,12 +289,12 @@ def _model(args: argparse.Namespace, device: str) -> tuple[Any, bool]:
         if args.option:
             raise CLIError("--option applies to --method, not to a saved --model")
         model = load_model(args.model, method=args.method, device=device, mmap=args.mmap)
-        return _quiet(model, not args.no_progress), False
+        return _quiet(model, not getattr(args, "no_progress", False)), False
     if getattr(args, "mmap", False):
         raise CLIError("--mmap applies to a saved --model")
     if not args.method:
         raise CLIError("give --method NAME or --model PATH")
-    return _new_model(args.method, _options(args.option), device, not args.no_progress, args.argv), True
+    return _new_model(args.method, _options(args.option), device, not getattr(args, "no_progress", False), args.argv), True
 
 
 def _scale_out(args: argparse.Namespace) -> int:

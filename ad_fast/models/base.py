@@ -57,6 +57,7 @@ class Detector(nn.Module):
     method: ClassVar[str]
     Config: ClassVar[type]
     default_batch_size: ClassVar[int] = 16
+    input_name: ClassVar[str] = "images"  # what input errors call the predicted images
 
     def __init__(self) -> None:
         super().__init__()
@@ -171,9 +172,9 @@ class Detector(nn.Module):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
         target = torch.device(result_device)
-        items = as_item_list(images, "images")
+        items = as_item_list(images, self.input_name)
         # Image files of the next batches decode in threads while this batch runs (PIL releases the GIL).
-        for batch in prefetch_batches(items, batch_size, name="images"):
+        for batch in prefetch_batches(items, batch_size, name=self.input_name):
             start, stop = batch.start, batch.start + len(batch.images)
             with torch.inference_mode():
                 result = self._predict_batch(batch.images, **self._batch_options(options, start, stop, len(items)))

@@ -410,7 +410,7 @@ def test_registry_fit_builds_a_pool_that_is_saved_and_used(model, images, tmp_pa
         records.append(Record(tmp_path / f"{i}.png", None, 0, category, "good"))
     fitted = MetaUAS(img_size=S, k=2)
     fitted.load_state_dict(model.state_dict())
-    fitted.fit(AnomalyDataset(records, size=S))
+    fitted.fit(AnomalyDataset(records, size=S), validation=[tmp_path / "0.png"])  # no share held out of the pool
     assert fitted.pool.labels == ["a", "a", "b"]
     result = fitted.predict(images["query"])
     assert result.extras["prompt_indices"].shape == (3, 2)

@@ -298,7 +298,8 @@ class DMAD(Detector):
         state = {"attention": None if self.enhancer is None else self.enhancer.attention,
                  "semi_supervised": self.semi_supervised,
                  "sq_norms_sha256": {name: sq_norms_digest(tensors[name + NORMS_SUFFIX])
-                                     for name in BANKS if name + NORMS_SUFFIX in tensors}}
+                                     for name in BANKS if name + NORMS_SUFFIX in tensors
+                                     and not tensors[name + NORMS_SUFFIX].is_meta}}
         return tensors, state
 
     def _restore(self, tensors: dict[str, torch.Tensor], state: dict[str, Any], mmap: bool) -> None:

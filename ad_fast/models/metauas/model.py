@@ -59,6 +59,7 @@ class MetaUAS(Detector):
     """
 
     Config = MetaUASConfig
+    input_name = "query"
 
     def __init__(self, img_size: int = 256, alignment: str = "soft", fusion: str = "cat",
                  padding_version: str = "0.6.3", threshold: float = 0.5, weights: str | os.PathLike | None = None,
