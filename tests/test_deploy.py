@@ -30,8 +30,10 @@ ATOL = 1e-4  # the issue's bound on normalised maps and scores
 
 def _decision_between(result) -> Decision:
     """Thresholds half-way between two observed raw values, so no image or pixel sits on a threshold."""
-    scores = result.pred_score.sort().values
-    values = result.anomaly_map.flatten().sort().values
+    raw_score = result.pred_score if result.raw_score is None else result.raw_score  # raw, also if fit decided
+    raw_map = result.anomaly_map if result.raw_map is None else result.raw_map
+    scores = raw_score.sort().values
+    values = raw_map.flatten().sort().values
     middle, half = values.numel() // 2, scores.numel() // 2
     return Decision(image_threshold=float(scores[half - 1: half + 1].mean()),
                     pixel_threshold=float(values[middle - 1: middle + 1].mean()),

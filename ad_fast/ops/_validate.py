@@ -38,9 +38,15 @@ def check_tensor(
             raise TypeError(f"{name}: expected dtype in ({names}), got {str(x.dtype).replace('torch.', '')}")
     if not allow_empty and x.numel() == 0:
         raise ValueError(f"{name}: expected a non-empty tensor, got shape {tuple(x.shape)}")
-    if finite and x.is_floating_point() and not bool(torch.isfinite(x).all()):
+    if finite and x.is_floating_point() and values_readable() and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name}: contains NaN or Inf")
     return x
+
+
+def values_readable() -> bool:
+    """False while torch.compile or torch.export traces: a graph cannot branch on tensor values, so value checks
+    (NaN/Inf) are skipped there; the compiled kernels still check theirs."""
+    return not (torch.compiler.is_compiling() or torch.compiler.is_exporting())
 
 
 def check_same_device(tensors: dict[str, torch.Tensor]) -> torch.device:

@@ -48,8 +48,7 @@ def _validated(
 
 def _check_finite(query: torch.Tensor, bank: torch.Tensor) -> None:
     for name, t in (("query", query), ("bank", bank)):
-        if t.numel() and not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{name}: contains NaN or Inf")
+        check_tensor(t, name, dtypes=None, allow_empty=True, finite=True)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:

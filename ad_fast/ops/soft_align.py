@@ -30,9 +30,8 @@ def _flattened(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch
     check_tensor(k, "k", ndim=(4, 5), dtypes=FLOAT_DTYPES, allow_empty=True)
     check_tensor(v, "v", ndim=(4, 5), dtypes=FLOAT_DTYPES, allow_empty=True)
     check_same_device({"q": q, "k": k, "v": v})
-    if not torch.compiler.is_compiling():  # a compiled graph cannot branch on values; the kernels still check
-        for name, t in (("q", q), ("k", k), ("v", v)):  # NaN/Inf: rejected by the kernels and references alike
-            check_tensor(t, name, dtypes=None, allow_empty=True, finite=True)
+    for name, t in (("q", q), ("k", k), ("v", v)):  # NaN/Inf: rejected by the kernels and references alike
+        check_tensor(t, name, dtypes=None, allow_empty=True, finite=True)
     if k.dim() != v.dim():
         raise ValueError(f"v: expected a {k.dim()}-d tensor like k (with or without a prompt dim), got {v.dim()}-d")
     if k.dtype != q.dtype or v.dtype != q.dtype:

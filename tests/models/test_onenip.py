@@ -289,10 +289,11 @@ def test_fit_fills_the_prompt_pool_and_kappa(trained, train_images):
     result = model.predict(train_images["stripes"][:2] + train_images["blob"][:1])
     assert result.anomaly_map.shape == (3, 1, SIZE, SIZE) and result.pred_score.shape == (3,)
     assert torch.isfinite(result.anomaly_map).all()
+    assert model.decision is not None and result.raw_map is not None  # fit learned thresholds
     expected = 0.5 * result.extras["rec_map"] + 0.5 * model.kappa * result.extras["refiner_map"]
-    torch.testing.assert_close(result.anomaly_map, expected)
-    pooled = F.avg_pool2d(result.anomaly_map, 16, stride=1).flatten(1).amax(1)
-    torch.testing.assert_close(result.pred_score, pooled)
+    torch.testing.assert_close(result.raw_map, expected)
+    pooled = F.avg_pool2d(result.raw_map, 16, stride=1).flatten(1).amax(1)
+    torch.testing.assert_close(result.raw_score, pooled)
     assert result.extras["prompt_index"].shape == (3,)
     with torch.inference_mode():  # the pool path encodes each distinct prompt once; same maps as one per query
         features = model.extract(model.prepare(train_images["stripes"][:2] + train_images["blob"][:1])[0])
@@ -410,7 +411,7 @@ def test_fit_reads_the_normal_images_of_a_dataset(tmp_path):
         records.append(Record(path, None, label, category, "good" if label == 0 else "crack"))
     grouped = _check_images(AnomalyDataset(records, size=8), "train_images")
     assert grouped == {"a": [records[0].image_path], "b": [records[2].image_path]}
-    with pytest.raises(ValueError, match="no normal images"):
+    with pytest.raises(ValueError, match=r"holds no normal \(label 0\) images"):
         _check_images(AnomalyDataset(records[1:2], size=8), "train_images")
 
 

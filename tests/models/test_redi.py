@@ -32,7 +32,8 @@ def _normal_images(n: int, size: int = 40, seed: int = 0) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def trained():
     model = ReDi(**TINY)
-    history = model.fit(_normal_images(6), progress=False).history
+    # All six train (the thresholds are learned on two more normal images, not on a share of these).
+    history = model.fit(_normal_images(6), validation=_normal_images(2, seed=99), progress=False).history
     return model, history
 
 
@@ -187,9 +188,9 @@ def test_predict_returns_anomaly_result(trained):
     assert torch.isfinite(result.anomaly_map).all() and (result.anomaly_map >= 0).all()
     assert result.extras["prompt_index"].shape == (3,)
     raw = model.predict(_normal_images(3, size=48, seed=9))
-    assert raw.anomaly_map.shape == (3, 1, 32, 32)
-    # score = max of the (blurred) map at the working resolution
-    torch.testing.assert_close(raw.pred_score, raw.anomaly_map.flatten(1).amax(1))
+    assert raw.anomaly_map.shape == (3, 1, 32, 32) and raw.raw_map is not None  # fit learned a decision
+    # the method's own score = max of its own (blurred) map at the working resolution
+    torch.testing.assert_close(raw.raw_score, raw.raw_map.flatten(1).amax(1))
 
 
 def test_predict_reference_backend_matches_default(trained):
@@ -217,21 +218,22 @@ def test_save_load_round_trip(trained, tmp_path):
 def test_stage_resume_matches_unbroken_run(tmp_path):
     images = _normal_images(5, seed=12)
     options = dict(TINY, stage2_epochs=1)
-    unbroken = ReDi(**dict(options, stage1_epochs=3)).fit(images, progress=False, stages=(1,))
+    unbroken = ReDi(**dict(options, stage1_epochs=3)).fit(images, progress=False, stages=(1,)).history
     ReDi(**dict(options, stage1_epochs=1)).fit(images, checkpoint_dir=tmp_path, progress=False, stages=(1,))
-    resumed = ReDi(**dict(options, stage1_epochs=3)).fit(images, checkpoint_dir=tmp_path, progress=False, stages=(1,))
+    resumed = ReDi(**dict(options, stage1_epochs=3)).fit(images, checkpoint_dir=tmp_path, progress=False, stages=(1,)).history
     np.testing.assert_allclose(resumed["recover"], unbroken["recover"], rtol=1e-5)
     with pytest.raises(ValueError, match="different ReDi configuration"):
         ReDi(**dict(options, stage1_epochs=3, msgms_weight=0.5)).fit(images, checkpoint_dir=tmp_path, progress=False, stages=(1,))
 
 
 def test_fit_categories_per_category_and_unified():
-    data = {"a": _normal_images(2, seed=13), "b": _normal_images(2, seed=14)}
+    data = {"a": _normal_images(3, seed=13), "b": _normal_images(3, seed=14)}  # 2 + 2 fit, 1 + 1 held out
     options = dict(TINY, stage1_epochs=1, stage2_epochs=1)
     separate = ReDi.fit_categories(data, progress=False, **options)
     assert separate["a"] is not separate["b"] and separate["a"].prompt_images.shape[0] == 2
     unified = ReDi.fit_categories(data, unified=True, progress=False, **options)
-    assert unified["a"] is unified["b"] and unified["a"].prompt_images.shape[0] == 4
+    # unified: one model on the union (6 images, one held out for its thresholds)
+    assert unified["a"] is unified["b"] and unified["a"].prompt_images.shape[0] == 5
 
 
 def test_registry_fit_on_dataset_and_load_model(tmp_path):
@@ -241,7 +243,8 @@ def test_registry_fit_on_dataset_and_load_model(tmp_path):
     root = make_demo_dataset(tmp_path / "demo", categories=("brick",), n_train=3, n_test_good=1, n_per_defect=1, size=32)
     train = MVTecAD(root, category="brick", split="train", size=32)
     model = create_model("redi", **dict(TINY, stage1_epochs=1, stage2_epochs=1))
-    model.fit(train, progress=False)
+    test_good = MVTecAD(root, category="brick", split="test", size=32).subset(label=0)
+    model.fit(train, validation=test_good, progress=False)  # every training image becomes a prompt
     assert model.prompt_images.shape[0] == len(train.subset(label=0))
     model.save(tmp_path / "redi.safetensors")
     loaded = load_model(tmp_path / "redi.safetensors")
