@@ -571,7 +571,8 @@ def _write_visuals(folder: Path, name: str, predictions, test, overlays: int) ->
 
     labels = predictions.labels
     if 0 < labels.sum() < labels.size:
-        plot_roc_pr(folder / "plots" / f"{name}_roc_pr.png", predictions.scores, labels, title=f"{name} (image level)")
+        raw = predictions.scores if predictions.raw_scores is None else predictions.raw_scores
+        plot_roc_pr(folder / "plots" / f"{name}_roc_pr.png", raw, labels, title=f"{name} (image level)")
     picked = _pick_examples(predictions, overlays)
     if not picked:
         return
@@ -582,6 +583,9 @@ def _write_visuals(folder: Path, name: str, predictions, test, overlays: int) ->
     else:
         vmin, vmax = float(predictions.maps.min()), float(predictions.maps.max())
         note = f"raw maps on the category's range; {_threshold_note(None, None)}"
+    shown = predictions.maps  # the method's own maps; with a decision, normalised like the scores
+    if decided:
+        shown = predictions.decision.normalise_map(torch.from_numpy(predictions.maps)).numpy()
     index = {str(r.image_path): i for i, r in enumerate(test.records)}
     images = [test[index[predictions.paths[i]]].image for i in picked]
     titles = []
@@ -589,12 +593,12 @@ def _write_visuals(folder: Path, name: str, predictions, test, overlays: int) ->
         stem = f"{predictions.defects[i]}_{Path(predictions.paths[i]).stem}"
         label = bool(predictions.pred_labels[i]) if decided else None
         titles.append(caption(stem, float(predictions.scores[i]), label))
-        save_overlay(folder / "overlays" / name / f"{stem}.png", image, predictions.maps[i],
+        save_overlay(folder / "overlays" / name / f"{stem}.png", image, shown[i],
                      pred_mask=predictions.pred_masks[i] if decided else None,
                      gt_mask=predictions.masks[i] if predictions.has_masks else None, vmin=vmin, vmax=vmax,
                      text=titles[-1], footer=_short_note(predictions.decision, None))
     grid = picked[:8]
-    category_grid(folder / "grids" / f"{name}.png", images[:len(grid)], [predictions.maps[i] for i in grid],
+    category_grid(folder / "grids" / f"{name}.png", images[:len(grid)], [shown[i] for i in grid],
                   [predictions.masks[i] for i in grid], titles[:len(grid)], vmin, vmax,
                   0.5 if decided else None, note=f"{name}: {note}")
 

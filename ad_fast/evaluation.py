@@ -47,8 +47,11 @@ PER_IMAGE_COLUMNS = ("category", "path", "defect", "label", "raw_score", "score"
 class CategoryPredictions:
     """What a model predicted for one category's test images (``maps`` at the dataset's resolution).
 
+    The threshold-free metrics are computed on the method's own values (``raw_scores``, ``maps``): the
+    normalised ones are clipped to [0, 1], and the ties that clipping makes would change AUROC and AP.
+
     Attributes:
-        scores (ndarray[N] float32), labels (ndarray[N] bool), maps (ndarray[N, H, W] float32),
+        scores (ndarray[N] float32), labels (ndarray[N] bool), maps (ndarray[N, H, W] float32, the method's own),
         masks (ndarray[N, H, W] bool), paths (list[str]), defects (list[str]).
         raw_scores (ndarray[N] float32): the method's own scores (``scores`` are normalised when decided).
         pred_labels (ndarray[N] bool) and pred_masks (ndarray[N, H, W] bool), or None: the model's OK/NG decision.
@@ -221,7 +224,8 @@ def predict_dataset(model: Any, dataset: AnomalyDataset, batch_size: int = 16, d
         if result.pred_label is not None and result.pred_mask is not None:
             pred_labels.append(result.pred_label.detach().cpu().reshape(-1).numpy().astype(bool))
             pred_masks.append(result.pred_mask.detach().cpu()[:, 0].numpy().astype(bool))
-        maps.append(result.anomaly_map.detach().float().cpu()[:, 0].numpy())
+        raw_map = result.raw_map if result.raw_map is not None else result.anomaly_map
+        maps.append(raw_map.detach().float().cpu()[:, 0].numpy())
         masks.append(batch.mask[:, 0].numpy() > 0.5)
         labels.append(batch.label.numpy().astype(bool))
         paths += list(batch.path)
@@ -249,7 +253,8 @@ def score_predictions(predictions: CategoryPredictions, pro: bool = True, flip_a
     """The seven metrics for one category; ``None`` for those undefined (one class only, or no masks)."""
     out: dict[str, float | None] = dict.fromkeys(METRICS)
     if 0 < predictions.labels.sum() < predictions.labels.size:
-        out.update(metrics.image_metrics(predictions.scores, predictions.labels))
+        raw = predictions.scores if predictions.raw_scores is None else predictions.raw_scores
+        out.update(metrics.image_metrics(raw, predictions.labels))
     if predictions.has_masks and 0 < predictions.masks.sum() < predictions.masks.size:
         out.update(metrics.pixel_metrics(predictions.maps, predictions.masks, pro, fpr_limit, pro_thresholds))
     if flip_auroc:
@@ -367,8 +372,12 @@ def fit_with_decision(model: Any, data: Any, validation: Any = None, holdout: fl
     """Fit ``model`` (with the method's ``fit_options``) and learn its OK/NG decision on held-out normals (or
     ``validation``): a :class:`~ad_fast.models.Detector` through its own ``fit``, any other model through
     :func:`ad_fast.calibration.fit_and_calibrate`. Returns ``model``."""
+    from .distributed.scoring import DataParallelScorer
     from .models.base import Detector
 
+    if isinstance(model, DataParallelScorer):  # under torchrun: fit the model itself (its fit already calibrates)
+        fit_with_decision(model.model, data, validation, holdout, anomalous, sensitivity, batch_size, **fit_options)
+        return model
     if isinstance(model, Detector):
         return model.fit(data, validation=validation, holdout=holdout, calibration_anomalies=anomalous,
                          sensitivity=sensitivity, **fit_options)

@@ -31,7 +31,7 @@ def test_per_category_fit_and_metrics_match_direct_computation(demo):
     for row in report.rows:
         predictions = seen[row["category"]]
         assert predictions.maps.shape == (5, 32, 32)  # 16-px maps resized to the dataset's 32 px
-        assert row["I-AUROC"] == pytest.approx(metrics.auroc(predictions.scores, predictions.labels))
+        assert row["I-AUROC"] == pytest.approx(metrics.auroc(predictions.raw_scores, predictions.labels))
         assert row["AUPRO"] == pytest.approx(metrics.aupro(predictions.maps, predictions.masks))
         assert row["images"] == 5 and row["anomalous"] == 3 and row["ms_per_image"] > 0
     mean = report.mean
