@@ -153,7 +153,7 @@ def test_decision_is_applied_and_kept_in_the_model_file(fitted, folder, tmp_path
 
 
 def test_bad_input_raises_clear_errors(fitted, tmp_path):
-    with pytest.raises(ValueError, match="images: expected at least one image"):
+    with pytest.raises(ValueError, match=f"{fitted.input_name}: expected at least one image"):
         fitted.predict([])
     with pytest.raises(TypeError, match="expected a path, PIL image"):
         fitted.predict([object()])
