@@ -192,5 +192,7 @@ if has_ops():
         for a, b in zip(feats_a, feats_b):
             torch._check(a.shape == b.shape, lambda: "feats_a and feats_b must have the same shapes")
             torch._check(a.dim() == 4, lambda: "feature maps must be 4-d")
+        torch._check(len(out_size) == 2 and all(s > 0 for s in out_size),
+                     lambda: f"out_size must be two positive sides (H, W), got {list(out_size)}")
         dtype = first.dtype if first.dtype in (torch.float32, torch.float64) else torch.float32
         return first.new_empty((first.shape[0], 1, out_size[0], out_size[1]), dtype=dtype)

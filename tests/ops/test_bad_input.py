@@ -205,3 +205,12 @@ def test_memory_bank_load_does_not_trust_tampered_norms(tmp_path, mmap):
         for backend in BACKENDS:
             with ops.use_backend(backend):
                 assert bank.search(query, k=1, metric=metric)[1].item() == 0
+
+
+@pytest.mark.parametrize("out_size", [[], [3], [0, 4]])
+def test_raw_anomaly_map_on_meta_checks_out_size(out_size):
+    """The fake (meta) kernel indexed out_size[0] and [1] unchecked: an IndexError instead of a named error."""
+    ops.anomaly_map  # noqa: B018 - loads the op library
+    empty = [torch.empty(0, 0, 0, 0, device="meta")]
+    with pytest.raises(RuntimeError, match="out_size"):
+        torch.ops.ad_fast.anomaly_map(empty, empty, out_size, "cosine", [0.0], 0.0)
