@@ -21,8 +21,13 @@ settings.register_profile(
     "dev", max_examples=5, deadline=None, database=None, derandomize=True,
     suppress_health_check=list(HealthCheck),
 )
+# CI runs a fixed (derandomized) set of cases, so a red run is reproducible and a submission's CI does not hinge on
+# what a random draw found that day; "explore" draws new cases each run, to hunt for defects by hand.
 settings.register_profile(
-    "ci", max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck),
+    "ci", max_examples=25, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck),
+)
+settings.register_profile(
+    "explore", max_examples=100, deadline=None, database=None, suppress_health_check=list(HealthCheck),
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
