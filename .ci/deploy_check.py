@@ -36,7 +36,7 @@ def export(out: Path) -> None:
                 coreset_ratio=0.5, progress=False).fit(torch.rand(4, 3, 64, 64, generator=g))
     onenip = OneNIP(img_size=32, hidden_dim=32, heads=2, ffn_dim=32, encoder_depth=1, decoder_depth=1).eval()
     onenip.set_prompts(list(torch.rand(3, 3, 32, 32, generator=g)), ["a", "b", "c"])
-    onenip.calibrate(list(torch.rand(2, 3, 32, 32, generator=g)))
+    onenip.calibrate_kappa(list(torch.rand(2, 3, 32, 32, generator=g)))
     redi = ReDi(img_size=32, backbone="resnet18", hip_width=8, student_width_factor=1)
     redi.set_prompt_bank(torch.rand(3, 3, 32, 32, generator=g))
     redi.trained_stages = [1, 2]
