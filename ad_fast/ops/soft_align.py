@@ -8,16 +8,19 @@ position (of every prompt, when several are given). The kernel is flash-style: i
 ``hard_align`` takes, for every query position, ``v`` at the prompt position of highest cosine similarity.
 
 Both reject NaN or Inf in ``q``, ``k`` or ``v`` with a ValueError naming the argument (kernels and references).
+``soft_align`` also rejects inputs whose logits could overflow the compute dtype (see :func:`_check_logit_range`).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 
 from .._extension import has_ops
 from ._backend import use_kernel
-from ._validate import FLOAT_DTYPES, check_same_device, check_tensor
+from ._validate import FLOAT_DTYPES, check_same_device, check_tensor, values_readable
 
 __all__ = ["soft_align", "soft_align_reference", "hard_align", "hard_align_reference"]
 
@@ -54,6 +57,28 @@ def _flattened(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch
     return q.flatten(2), k3, v3
 
 
+def _check_logit_range(q3: torch.Tensor, k3: torch.Tensor, scale: float) -> None:
+    """Refuse a non-finite ``scale``, and inputs where ``|scale| * max||q_i|| * max||k_p||`` (norms in float64), a
+    bound on every logit by Cauchy-Schwarz, exceeds the compute dtype's largest finite value: a logit could turn
+    Inf and the softmax NaN. The kernels refuse the same inputs with the same message."""
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+    if q3.numel() == 0 or k3.numel() == 0 or scale == 0.0 or not values_readable():
+        return
+    q_norm = float(torch.linalg.vector_norm(q3.double(), dim=1).max())
+    k_norm = float(torch.linalg.vector_norm(k3.double(), dim=1).max())
+    if q_norm == 0.0 or k_norm == 0.0:
+        return
+    ct = _compute_dtype(q3.dtype)
+    limit = torch.finfo(ct).max
+    bound = abs(scale) * q_norm * k_norm
+    if not (math.isfinite(bound) and bound <= limit):
+        raise ValueError(
+            f"q, k, scale: |scale| * max||q|| * max||k|| = {bound:g} exceeds the largest finite {str(ct)[6:]} "
+            f"({limit:g}), so the attention logits could overflow; rescale q, k or scale"
+        )
+
+
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -71,6 +96,7 @@ def _kernel_runs(op: str, x: torch.Tensor, backend: str | None) -> bool:
 def soft_align_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     """Naive :func:`soft_align` (materialises ``[B, Nq, Np]``): matmul, softmax, matmul; differentiable."""
     q3, k3, v3 = _flattened(q, k, v)
+    _check_logit_range(q3, k3, float(scale))
     ct = _compute_dtype(q.dtype)
     logits = torch.matmul(q3.transpose(1, 2).to(ct), k3.to(ct)) * scale  # [B, Nq, Np]
     out = torch.matmul(v3.to(ct), logits.softmax(dim=-1).transpose(1, 2))  # [B, Cv, Nq]
@@ -101,6 +127,7 @@ def soft_align(
     scale = float(scale)
     if not _kernel_runs("soft_align", q, backend):
         return soft_align_reference(q, k, v, scale)
+    _check_logit_range(q3, k3, scale)
     out, _ = torch.ops.ad_fast.soft_align(q3, k3, v3, scale)
     return _unflatten(out, q)
 

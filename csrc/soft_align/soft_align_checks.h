@@ -3,6 +3,8 @@
 
 #include <ATen/ATen.h>
 
+#include <cfloat>
+#include <cmath>
 #include <vector>
 
 #include "common/checks.h"
@@ -32,6 +34,23 @@ inline void check_soft_align_inputs(const at::Tensor& q, const at::Tensor& k, co
   TORCH_CHECK(v.size(0) == q.size(0) && v.size(2) == k.size(2), "v must have shape [", q.size(0), ", Cv, ",
               k.size(2), "] to match q and k, got ", v.sizes());
   AD_CHECK_FINITE(v, "v");
+}
+
+// |scale * <q_i, k_p>| <= |scale| * max_i ||q_i|| * max_p ||k_p|| (Cauchy-Schwarz; norms in float64). Where that
+// bound leaves the compute dtype's finite range a logit could overflow to Inf and the softmax turn NaN, so the
+// inputs are refused (the reference refuses the same inputs). Float16/bfloat16 compute in float32.
+inline void check_logit_range(const at::Tensor& q, const at::Tensor& k, double scale) {
+  TORCH_CHECK_VALUE(std::isfinite(scale), "scale must be finite, got ", scale);
+  if (q.numel() == 0 || k.numel() == 0 || scale == 0.0) return;
+  const double q_norm = at::linalg_vector_norm(q.to(at::kDouble), 2, at::IntArrayRef{1}).max().item<double>();
+  const double k_norm = at::linalg_vector_norm(k.to(at::kDouble), 2, at::IntArrayRef{1}).max().item<double>();
+  if (q_norm == 0.0 || k_norm == 0.0) return;
+  const bool is_double = q.scalar_type() == at::kDouble;
+  const double limit = is_double ? DBL_MAX : FLT_MAX;
+  const double bound = std::abs(scale) * q_norm * k_norm;
+  TORCH_CHECK_VALUE(std::isfinite(bound) && bound <= limit, "q, k, scale: |scale| * max||q|| * max||k|| = ", bound,
+                    " exceeds the largest finite ", is_double ? "float64" : "float32", " (", limit,
+                    "), so the attention logits could overflow; rescale q, k or scale");
 }
 
 inline void check_soft_align_backward_inputs(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,

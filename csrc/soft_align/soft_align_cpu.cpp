@@ -209,6 +209,7 @@ at::ScalarType compute_type(const at::Tensor& t) {
 std::tuple<at::Tensor, at::Tensor> soft_align_cpu(const at::Tensor& q_in, const at::Tensor& k_in,
                                                   const at::Tensor& v_in, double scale) {
   check_soft_align_inputs(q_in, k_in, v_in);
+  check_logit_range(q_in, k_in, scale);
   AD_CHECK_CPU(q_in);
   const at::ScalarType ct = compute_type(q_in);
   const at::Tensor q = q_in.to(ct).contiguous(), k = k_in.to(ct).contiguous(), v = v_in.to(ct).contiguous();

@@ -23,6 +23,7 @@ void check_launch(cudaError_t err, const char* what) {
 std::tuple<at::Tensor, at::Tensor> soft_align_cuda(const at::Tensor& q_in, const at::Tensor& k_in,
                                                    const at::Tensor& v_in, double scale) {
   check_soft_align_inputs(q_in, k_in, v_in);
+  check_logit_range(q_in, k_in, scale);
   AD_CHECK_CUDA(q_in);
   const c10::cuda::CUDAGuard guard(q_in.device());
   const DType dtype = cuda_float_dtype(q_in.scalar_type(), "q, k, v");

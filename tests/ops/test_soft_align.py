@@ -307,6 +307,36 @@ def test_bad_input_raises_clear_error(fn, change, error, match):
         fn(**args)
 
 
+@pytest.mark.parametrize("backend", ["kernel", "reference"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_logits_that_could_overflow_are_refused(backend, dtype):
+    """|scale * q.k| past float32's range (the fuzz case q=1.541, k=3e38): kernel, reference and raw op refuse it
+    alike instead of returning v (kernel) or NaN (reference); just inside the range both still agree."""
+    q, k, v = torch.full((1, 1, 1, 1), 1.541), torch.full((1, 1, 1, 1), 3e38), torch.ones(1, 1, 1, 1)
+    with pytest.raises(ValueError, match=r"q, k, scale: .* float32 .*rescale"):
+        soft_align(q, k, v, 1.0, backend=backend)
+    with pytest.raises(ValueError, match=r"q, k, scale: .* float32"):
+        torch.ops.ad_fast.soft_align(q.flatten(2), k.flatten(2), v.flatten(2), 1.0)
+    with pytest.raises(ValueError, match="scale must be finite"):
+        soft_align(q, q, v, float("inf"), backend=backend)
+    big = torch.randn(1, 3, 2, 2, dtype=torch.float64).to(dtype)
+    k_small = torch.randn(1, 3, 4, 1, dtype=torch.float64).to(dtype)
+    norm_q, norm_k = float(big.double().flatten(2).norm(dim=1).max()), float(k_small.double().flatten(2).norm(dim=1).max())
+    scale = 0.5 * torch.finfo(torch.float32).max / (norm_q * norm_k)  # the bound at half the range: accepted
+    out = soft_align(big, k_small, torch.randn(1, 2, 4, 1).to(dtype), scale, backend=backend)
+    assert torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="q, k, scale"):
+        soft_align(big, k_small, torch.randn(1, 2, 4, 1).to(dtype), 4 * scale, backend=backend)
+
+
+def test_float64_logits_use_the_float64_range():
+    q, k, v = torch.full((1, 1, 1, 1), 1e30, dtype=torch.float64), torch.full((1, 1, 2, 1), 1e30, dtype=torch.float64), torch.randn(1, 2, 2, 1, dtype=torch.float64)
+    k[0, 0, 1, 0] = 0.9e30
+    expected = v[..., :1, :].expand(1, 2, 1, 1)  # logits 1e60 and 0.9e60: all weight on the first position
+    for backend in ("kernel", "reference"):
+        assert rel_err(soft_align(q, k, v, backend=backend), expected) < F64_RTOL
+
+
 def test_compiled_op_checks_its_arguments_too():
     with pytest.raises(RuntimeError, match="Cqk=4"):
         torch.ops.ad_fast.soft_align(torch.randn(1, 4, 3), torch.randn(1, 5, 3), torch.randn(1, 2, 3), 1.0)
