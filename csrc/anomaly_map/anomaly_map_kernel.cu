@@ -1,5 +1,6 @@
 // CUDA kernels of the fused anomaly map: channel distance per level, then upsample + weighted sum (+ row blur)
-// in one pass over the output, then the column blur. float32 / float16 / bfloat16 inputs, float32 arithmetic.
+// in one pass over the output, then the column blur. float32 / float16 / bfloat16 inputs; channel sums in double,
+// the rest float32.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -31,26 +32,28 @@ constexpr int kSlices = 16;
 
 template <typename T>
 __global__ void level_distance_kernel(LevelView view, int64_t batch, bool cosine, float* dist) {
-  __shared__ float partial[3][kSlices][kPixels];
+  // Sums in double, as the CPU kernel: float32 features up to FLT_MAX overflow neither the squared norms nor their
+  // product, so 1 - x.y / (|x| |y|) stays the true cosine distance (issue: huge features gave NaN).
+  __shared__ double partial[3][kSlices][kPixels];
   const int64_t hw = view.height * view.width;
   const int64_t total = batch * hw;
   const int tx = threadIdx.x, ty = threadIdx.y;
   for (int64_t base = blockIdx.x * int64_t(kPixels); base < total; base += int64_t(gridDim.x) * kPixels) {
     const int64_t i = base + tx;
-    float dot = 0.f, na = 0.f, nb = 0.f;
+    double dot = 0.0, na = 0.0, nb = 0.0;
     if (i < total) {
       const int64_t n = i / hw, h = (i % hw) / view.width, w = i % view.width;
       const T* a = static_cast<const T*>(view.a) + n * view.a_strides[0] + h * view.a_strides[2] + w * view.a_strides[3];
       const T* b = static_cast<const T*>(view.b) + n * view.b_strides[0] + h * view.b_strides[2] + w * view.b_strides[3];
       for (int64_t c = ty; c < view.channels; c += kSlices) {
-        const float x = to_float(a[c * view.a_strides[1]]);
-        const float y = to_float(b[c * view.b_strides[1]]);
+        const double x = to_float(a[c * view.a_strides[1]]);
+        const double y = to_float(b[c * view.b_strides[1]]);
         if (cosine) {
-          dot = fmaf(x, y, dot);
-          na = fmaf(x, x, na);
-          nb = fmaf(y, y, nb);
+          dot = fma(x, y, dot);
+          na = fma(x, x, na);
+          nb = fma(y, y, nb);
         } else {
-          dot = fmaf(x - y, x - y, dot);
+          dot = fma(x - y, x - y, dot);
         }
       }
     }
@@ -59,13 +62,14 @@ __global__ void level_distance_kernel(LevelView view, int64_t batch, bool cosine
     partial[2][ty][tx] = nb;
     __syncthreads();
     if (ty == 0 && i < total) {
-      dot = na = nb = 0.f;
+      dot = na = nb = 0.0;
       for (int s = 0; s < kSlices; ++s) {  // fixed order: deterministic results
         dot += partial[0][s][tx];
         na += partial[1][s][tx];
         nb += partial[2][s][tx];
       }
-      dist[i] = cosine ? 1.f - dot / sqrtf(fmaxf(na * nb, 1e-16f)) : sqrtf(dot);
+      // 1 - x.y / max(|x| |y|, 1e-8): the CPU kernel's and torch.nn.functional.cosine_similarity's rule.
+      dist[i] = static_cast<float>(cosine ? 1.0 - dot / fmax(sqrt(na) * sqrt(nb), 1e-8) : sqrt(dot));
     }
     __syncthreads();
   }

@@ -214,3 +214,34 @@ def test_raw_anomaly_map_on_meta_checks_out_size(out_size):
     empty = [torch.empty(0, 0, 0, 0, device="meta")]
     with pytest.raises(RuntimeError, match="out_size"):
         torch.ops.ad_fast.anomaly_map(empty, empty, out_size, "cosine", [0.0], 0.0)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_knn_under_a_large_common_offset_stays_within_its_documented_bound():
+    """The CUDA kernel ranks untranslated keys ||b||^2 - 2 q.b (ops.knn's docstring): a returned neighbour may only
+    be worse than the true k-th by the keys' float32 rounding, (D + 2) 2^-24 (||b||^2 + 2 ||q|| ||b||)."""
+    generator = torch.Generator().manual_seed(0)
+    offset = 1e4 * torch.randn(32, generator=generator)
+    bank = offset + torch.randn(2000, 32, generator=generator)
+    query = offset + torch.randn(200, 32, generator=generator)
+    _, idx = ops.knn(query.cuda(), bank.cuda(), 3, "sqeuclidean", backend="kernel")
+    idx = idx.cpu()
+    d2 = ((query.double()[:, None, :] - bank.double()[None, :, :]) ** 2).sum(-1)
+    kth = d2.topk(3, dim=1, largest=False).values[:, -1:]
+    q_norm, b_norm = query.double().norm(dim=1, keepdim=True), bank.double().norm(dim=1)
+    bound = (32 + 2) * 2.0**-24 * (b_norm[idx] ** 2 + 2 * q_norm * b_norm[idx])
+    assert bool((d2.gather(1, idx) <= kth + bound).all())
+    assert all(len(set(row)) == len(row) for row in idx.tolist())  # no bank row twice for a query
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("scale", [1e19, 1e30, 3e38])
+def test_cuda_anomaly_map_cosine_of_huge_features_is_the_true_cosine(scale):
+    a = torch.zeros(1, 2, 1, 1, device="cuda")
+    b = torch.zeros(1, 2, 1, 1, device="cuda")
+    a[0, :, 0, 0] = torch.tensor([scale, 0.0])
+    b[0, :, 0, 0] = torch.tensor([scale / 2, scale / 2])  # 45 degrees: 1 - cos = 1 - 1/sqrt(2)
+    out = ops.anomaly_map(a, b, 1, metric="cosine", backend="kernel")
+    assert out.item() == pytest.approx(1 - 1 / math.sqrt(2), rel=1e-6)
