@@ -69,7 +69,7 @@ def test_redi_resume_of_a_malformed_stage_checkpoint_names_the_file(tmp_path):
 @pytest.mark.parametrize("build", [
     lambda: __import__("ad_fast.models.dmad", fromlist=["DMAD"]).DMAD(image_size=10**12),
     lambda: __import__("ad_fast.models.redi.config", fromlist=["ReDiConfig"]).ReDiConfig(img_size=2**40),
-    lambda: __import__("ad_fast.models.metauas.model", fromlist=["check_img_size"]).check_img_size(2**40),
+    lambda: __import__("ad_fast.models.metauas.config", fromlist=["check_img_size"]).check_img_size(2**40),
     lambda: __import__("ad_fast.models.onenip", fromlist=["OneNIP"]).OneNIP(img_size=2**40),
 ])
 def test_unbounded_image_sizes_are_refused_up_front(build):

@@ -23,3 +23,11 @@ class MetaUASConfig:
     padding_version: str = "0.6.3"
     threshold: float = 0.5
     k: int = 1
+
+    def __post_init__(self) -> None:
+        check_img_size(self.img_size)
+        value = self.threshold
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"threshold: expected a value in [0, 1], got {value!r}")
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise ValueError(f"k: expected a positive int, got {self.k!r}")

@@ -20,7 +20,7 @@ from ..components.inputs import normal_images
 from ..registry import register_model, saved_method
 from . import weights
 from .alignment import FeatureAlignment
-from .config import MetaUASConfig, check_img_size
+from .config import MetaUASConfig
 from .decoder import DECODER_CHANNELS, UnetDecoder
 from ..components.efficientnet_b4 import LEVEL_CHANNELS, EfficientNetB4Encoder
 from .encoding import PromptEncoding, image_scores
@@ -65,9 +65,7 @@ class MetaUAS(Detector):
                  padding_version: str = "0.6.3", threshold: float = 0.5, weights: str | os.PathLike | None = None,
                  k: int = 1):
         super().__init__()
-        check_img_size(img_size)
-        if not 0.0 <= float(threshold) <= 1.0:
-            raise ValueError(f"threshold: expected a value in [0, 1], got {threshold!r}")
+        MetaUASConfig(img_size=img_size, threshold=threshold, k=k)  # checks them
         self.img_size, self.threshold = img_size, float(threshold)
         self.encoder = EfficientNetB4Encoder(padding_version)
         # Index 0 acts on F5, 1 on F4, 2 on F3 (the release's order).
@@ -79,8 +77,6 @@ class MetaUAS(Detector):
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self._prompt_cache: tuple[str, PromptEncoding] | None = None
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(f"k: expected a positive int, got {k!r}")
         self.k, self.pool = k, None
         if weights is not None:
             self.load_weights(weights)

@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ...data import ImageInput, to_image_batch
-from ...data.images import check_image_side, resize_image
+from ...data.images import resize_image
 from ...results import AnomalyResult
 from ..base import Detector
 from ..components.imagenet import IMAGENET_MEAN, IMAGENET_STD
@@ -24,7 +24,6 @@ from .reconstruction import Reconstruction
 from .training import fit as train_onenip
 from .transformer import RELEASE_DECODER_VARIANTS
 
-BACKBONES = ("efficientnet_b4",)
 _POOL_KEY = "prompt_pool.features"
 _DECODER_PREFIX = "reconstruction.transformer.decoder."
 
@@ -59,13 +58,7 @@ class OneNIP(Detector):
                  encoder_depth: int = 4, decoder_depth: int = 4, dropout: float = 0.1,
                  neighbour: Sequence[int] | None = None, avgpool_size: int = 16, kappa: float | None = None):
         super().__init__()
-        check_image_side(img_size, "img_size", multiple=FEATURE_STRIDE, minimum=32)
-        if backbone not in BACKBONES:
-            raise ValueError(f"backbone: expected one of {BACKBONES}, got {backbone!r}")
-        if not 0.0 <= float(alpha) <= 1.0:
-            raise ValueError(f"alpha: expected a value in [0, 1], got {alpha!r}")
-        if not isinstance(avgpool_size, int) or avgpool_size < 1:
-            raise ValueError(f"avgpool_size: expected a positive int, got {avgpool_size!r}")
+        OneNIPConfig(img_size=img_size, backbone=backbone, alpha=alpha, avgpool_size=avgpool_size)  # checks them
         self.img_size, self.backbone_name, self.alpha = img_size, backbone, float(alpha)
         self.avgpool_size = avgpool_size
         self.kappa = None if kappa is None else float(kappa)
