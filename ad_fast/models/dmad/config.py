@@ -28,16 +28,14 @@ def _fraction(value: Any, name: str) -> None:
 
 @dataclass(frozen=True)
 class DMADConfig:
-    """See :class:`ad_fast.DMAD` for the meaning of each field; defaults are the paper's. ``embed_dim`` None is
-    resolved by the model from its backbone (:func:`~ad_fast.models.dmad.encoder.fitted_embed_dim`); a model's
-    ``config`` always holds the resolved size."""
+    """See :class:`ad_fast.DMAD` for the meaning of each field; defaults are the paper's."""
 
     backbone: str = "wide_resnet50_2"
     layers: list | None = None
     weights: str | None = None
     mode: str = "dmad"
     image_size: int = 256
-    embed_dim: int | None = None
+    embed_dim: int = 1536
     coreset_ratio: float = 0.02
     outlier_ratio: float = 0.10
     outlier_beta: float = 0.6
@@ -75,9 +73,7 @@ class DMADConfig:
             if getattr(self, name) not in DTYPES:
                 raise ValueError(f"{name}: expected one of {DTYPES}, got {getattr(self, name)!r}")
         check_image_side(self.image_size, "image_size")
-        if self.embed_dim is not None:
-            _positive(self.embed_dim, "embed_dim")
-        for name in ("n_textures", "hidden", "mapper_layers", "top_k", "batch_size"):
+        for name in ("embed_dim", "n_textures", "hidden", "mapper_layers", "top_k", "batch_size"):
             _positive(getattr(self, name), name)
         value = self.synthetic_anomalies
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:

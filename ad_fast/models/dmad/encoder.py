@@ -2,27 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-
-PAPER_EMBED_DIM = 1536  # PatchCore's and the DMAD paper's size, for WideResNet-50's layer2 + layer3
-
-
-def fitted_embed_dim(channels: Sequence[int]) -> int:
-    """The default patch-feature size for a backbone whose selected layers have ``channels``:
-    ``min(1536, 2 * sum(channels))``.
-
-    The paper's 1536 comes from WideResNet-50 (512 + 1024 channels), where it keeps the rule (2 x 1536 > 1536).
-    For a small backbone such as efficientnet_lite0 (40 + 112 channels) 1536 would only replicate its 152 channels
-    ~10 times over, costing search time and bank memory for nothing: its fitted size is 304. Measured on the
-    generated categories (``benchmarks/bench_dmad_embedding.py``, RESULTS.md): image AUROC, AUPRO and the class
-    margin at 304 are at least those at 1536.
-    """
-    return min(PAPER_EMBED_DIM, 2 * sum(int(c) for c in channels))
 
 
 def pooling_matrix(n_in: int, n_out: int) -> torch.Tensor:
@@ -68,7 +50,7 @@ class PatchFeatureEncoder(nn.Module):
     the encoder is frozen and deterministic.
     """
 
-    def __init__(self, backbone: nn.Module, mean: tuple[float, ...], std: tuple[float, ...], embed_dim: int = PAPER_EMBED_DIM,
+    def __init__(self, backbone: nn.Module, mean: tuple[float, ...], std: tuple[float, ...], embed_dim: int = 1536,
                  patch_size: int = 3) -> None:
         super().__init__()
         self.backbone = backbone

@@ -11,7 +11,6 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any, Sequence
 
@@ -29,7 +28,7 @@ from ..registry import register_model
 from .backbone import build_backbone
 from .banks import anomaly_center_samples, coreset_indices, extract_features, filter_anomalous, fuse_outliers
 from .config import DMADConfig
-from .encoder import PatchFeatureEncoder, fitted_embed_dim
+from .encoder import PatchFeatureEncoder
 from .inputs import iter_batches, load_masks
 from .knowledge import KnowledgeEnhancer, ScoreMapper
 from .training import TrainConfig, train
@@ -61,9 +60,7 @@ class DMAD(Detector):
         mode: ``"dmad"`` (banks + knowledge enhancement + trained score mapper) or ``"memory_bank"``
             (training-free: distance to the normal bank, PatchCore-style).
         image_size: images are resized to ``image_size`` x ``image_size`` (256: patch grid 32 x 32).
-        embed_dim: patch feature dim C. ``None`` (default): fitted to the backbone, ``min(1536, 2 x the selected
-            layers' channels)``: 1536 for the paper's WideResNet-50, 304 for efficientnet_lite0 (same scores at a
-            fifth of the search; see :func:`~ad_fast.models.dmad.encoder.fitted_embed_dim`).
+        embed_dim: patch feature dim C (1536).
         coreset_ratio: M_n keeps ``int(M · ratio)`` of all normal patches (2 %).
         outlier_ratio, outlier_beta, n_textures, textures: M_o = coreset (10 %) of
             β·F(texture) + (1-β)·F(random normal), β = 0.6, from ``n_textures`` images of ``textures`` (a
@@ -89,7 +86,7 @@ class DMAD(Detector):
 
     def __init__(self, backbone: str = "wide_resnet50_2", layers: Sequence[str | int] | None = None,
                  weights: str | os.PathLike | None = None, mode: str = "dmad", image_size: int = 256,
-                 embed_dim: int | None = None, coreset_ratio: float = 0.02, outlier_ratio: float = 0.10,
+                 embed_dim: int = 1536, coreset_ratio: float = 0.02, outlier_ratio: float = 0.10,
                  outlier_beta: float = 0.6, n_textures: int = 47, textures: str | os.PathLike | None = None,
                  synthetic_anomalies: int = 0, center_noise_std: float = 0.01, mask_threshold: float = 0.0, attention: str | None = None,
                  hidden: int = 1024, mapper_layers: int = 4, train: dict | None = None,
@@ -109,9 +106,7 @@ class DMAD(Detector):
         with torch.random.fork_rng(devices=[]):  # weights="random" rebuilds the same backbone from the config
             torch.manual_seed(seed)
             net, mean, std = build_backbone(backbone, None if layers is None else tuple(layers), weights)
-        if embed_dim is None:
-            self.config = dataclasses.replace(self.config, embed_dim=fitted_embed_dim(net.feature_info.channels()))
-        self.encoder = PatchFeatureEncoder(net, mean, std, self.config.embed_dim)
+        self.encoder = PatchFeatureEncoder(net, mean, std, embed_dim)
         self.normal_bank: MemoryBank | None = None
         self.abnormal_bank: MemoryBank | None = None
         self.enhancer: KnowledgeEnhancer | None = None
