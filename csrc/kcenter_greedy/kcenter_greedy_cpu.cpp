@@ -42,6 +42,7 @@ constexpr int64_t kRowsPerBlock = 256;
 constexpr int64_t kCenterTileBytes = 16 * 1024;  // pending picks are applied in tiles that stay in L1
 constexpr int64_t kHelperLag = 32;              // a helper brings a block up to date once it lags this many picks
 constexpr int64_t kHelperWork = 1 << 20;        // rows x picks below which the selecting thread works alone
+constexpr int64_t kParallelWork = 1 << 16;      // rows x picks below which the final flush runs on one thread
 constexpr ArgMax kNoMax{-std::numeric_limits<float>::infinity(), std::numeric_limits<int64_t>::max()};
 // A row skips pick s when the triangle inequality proves it no closer than the row's nearest pick a:
 // ||z_i - c_s|| >= ||c_a - c_s|| - ||z_i - c_a||, so ||c_a - c_s|| >= 2 * min_dist[i] means no change. The margin
@@ -192,7 +193,7 @@ class LazySearch {
       const int64_t per_row = picks - blocks_[stale[j]].upto;
       start[p] = std::min(rows_before[j + 1], rows_before[j] + (w - work_before[j] + per_row - 1) / per_row);
     }
-    cpu::parallel_for(0, pieces, 1, [&](int64_t p0, int64_t p1) {
+    auto pieces_from = [&](int64_t p0, int64_t p1) {
       const int64_t g0 = start[p0], g1 = start[p1];  // rows [g0, g1) of the stale blocks, concatenated
       int64_t j = std::upper_bound(rows_before.begin(), rows_before.end(), g0) - rows_before.begin() - 1;
       for (int64_t g = g0; g < g1; ++j) {
@@ -201,7 +202,12 @@ class LazySearch {
         apply(base + g, base + end, blocks_[stale[j]].upto, picks);
         g = end;
       }
-    });
+    };
+    if (work_before[count] < kParallelWork) {
+      cpu::dispatch([&] { pieces_from(0, pieces); });
+    } else {
+      cpu::parallel_for(0, pieces, 1, pieces_from);
+    }
     for (const int64_t b : stale) blocks_[b].upto = picks;
   }
 
