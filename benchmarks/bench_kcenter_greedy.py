@@ -31,7 +31,7 @@ from ad_fast.ops.kcenter_greedy import kcenter_greedy_reference, random_projecti
 from bench_utils import pick, synchronized
 
 N, D, PROJ = pick((200_000, 1536, 128), (20_000, 64, 32))
-PATCH_ROWS, PATCH_IMAGE_SIZE = pick((200_000, 256), (2_000, 64))
+PATCH_ROWS, PATCH_IMAGE_SIZE = pick((200_000, 256), (1_000, 64))
 REF_PICKS = pick(50, 10)
 RATIOS = [0.02, 0.1]
 
