@@ -23,6 +23,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <limits>
 #include <memory>
@@ -167,7 +168,7 @@ class LazySearch {
         }
         unlock(b);
       }
-      if (!worked) std::this_thread::yield();
+      if (!worked) std::this_thread::sleep_for(std::chrono::microseconds(50));  // nothing lags: let picks come
     }
   }
 
