@@ -113,7 +113,7 @@ class LazySearch {
       : z_(z), n_(n), d_(d), min_dist_(min_dist), nearest_(n, -1), centers_(n_select * d), sep_(n_select, 0.f),
         blocks_((n + kRowsPerBlock - 1) / kRowsPerBlock), locks_(new std::atomic<bool>[blocks_.size()]),
         margin_(skip_margin(d)),
-        center_tile_(std::max<int64_t>(1, kCenterTileBytes / (d * static_cast<int64_t>(sizeof(float))))) {
+        center_tile_(std::max<int64_t>(1, kCenterTileBytes / (std::max<int64_t>(d, 1) * 4))) {
     for (int64_t b = 0; b < num_blocks(); ++b) {
       locks_[b].store(false, std::memory_order_relaxed);
       blocks_[b] = {0, argmax_rows(min_dist_, row_begin(b), row_end(b))};

@@ -320,3 +320,11 @@ def test_lazy_kernel_clustered_rows_non_contiguous_and_threads():
             assert_same_as_full_pass(view, 270, init=init)
     finally:
         torch.set_num_threads(threads)
+
+
+@needs_ops
+def test_raw_kernel_zero_columns():
+    """Rows of no columns (the raw op; the Python API refuses them): every distance is 0, so after the start row
+    each pick is row 0 (first maximum) at radius 0."""
+    indices, radii, min_dist = torch.ops.ad_fast.kcenter_greedy(torch.empty(5, 0), 3, 2, None)
+    assert indices.tolist() == [2, 0, 0] and radii.tolist() == [0.0] * 3 and min_dist.tolist() == [0.0] * 5
