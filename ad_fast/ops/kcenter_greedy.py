@@ -157,6 +157,12 @@ def kcenter_greedy(
     min-distance starts from it and the first pick is its argmax. Same arguments give the same indices on
     CPU and CUDA (all random draws use a CPU generator); indices are in selection order.
 
+    Kernels: CUDA runs one fused pass over all rows per pick. The CPU kernel is lazy per block of 256 rows: a
+    heap of the blocks' (stale, hence upper-bound) maximum min-distances yields each pick once the top block is
+    brought up to date, a block takes all its pending picks at once from cache, helper threads update lagging
+    blocks meanwhile, and the rest is flushed at the end. Its indices, radii and min-distances are bit for bit
+    those of one full pass per pick (same float32 distances, ties to the first maximum).
+
     Args:
         features (Tensor[N, D]): rows to subsample; any float dtype (projected in float32).
         n_select (int) or ratio (float in (0, 1]): how many rows; ``ratio`` gives ``int(N * ratio)``.

@@ -1,15 +1,33 @@
-// CPU kernel of greedy k-center selection: one fused pass over the projected rows per pick. Each pass
-// lowers every row's running min-distance by its distance to the newest pick and refreshes the arg-max of
-// the chunks that changed, chunk by chunk in parallel; a tiny serial step merges the chunks' arg-maxes.
-// Rows that the triangle inequality proves unaffected are skipped (Elkan-style), so late passes touch a
-// fraction of the rows; results are identical to updating every row.
+// CPU kernel of greedy k-center selection, lazy per row block (picks, radii and min-distances bitwise those of one
+// full pass over all rows per pick).
+//
+// Rows are split into blocks of kRowsPerBlock contiguous rows. Each block remembers how many picks have been
+// applied to its rows (`upto`) and the arg-max of its rows' running min-distances as of then; min-distances only
+// decrease, so that maximum is an upper bound of the block's current one. The blocks sit in a max-heap ordered by
+// (bound desc, block asc). The next pick is the top block's arg-max once the block is up to date and its bound is
+// that maximum: every other bound is no larger, and an equal bound of a lower block would come first. A stale top
+// block gets all its pending picks at once (its rows stay in cache while the picks stream past), then goes back
+// with its exact maximum. Every block gets every pick eventually (the rest are flushed at the end, so min_dist is
+// exact for all rows): the work of a full pass per pick, done from cache instead of streaming the whole matrix
+// from memory per pick. Threads: the calling thread selects; at::get_num_threads() - 1 helper threads sweep over
+// the blocks meanwhile, bringing those that lag behind up to date (block locks); the flush is split by work.
+//
+// Each distance has distance()'s float32 arithmetic (distance4 computes four bitwise alike) and each row takes its
+// picks in pick order with `<`, so every value is the full pass's, ties included (first maximum). A row skips pick
+// s when the triangle inequality proves it no closer than the row's nearest pick a (Elkan-style): pick s was the
+// farthest row when picked, at min-distance sep[s] <= ||c_a - c_s|| from every earlier pick, so
+// sep[s] >= 2 * min_dist[i] (with a rounding margin) means no change.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <limits>
+#include <memory>
+#include <thread>
 #include <vector>
 
 #include "common/checks.h"
@@ -21,10 +39,14 @@ namespace ad_fast {
 namespace kcenter_greedy {
 namespace {
 
-constexpr int64_t kRowsPerChunk = 4096;
+constexpr int64_t kRowsPerBlock = 256;
+constexpr int64_t kCenterTileBytes = 16 * 1024;  // pending picks are applied in tiles that stay in L1
+constexpr int64_t kHelperLag = 32;              // a helper brings a block up to date once it lags this many picks
+constexpr int64_t kHelperWork = 1 << 20;        // rows x picks below which the selecting thread works alone
+constexpr int64_t kParallelWork = 1 << 16;      // rows x picks below which the final flush runs on one thread
 constexpr ArgMax kNoMax{-std::numeric_limits<float>::infinity(), std::numeric_limits<int64_t>::max()};
-// A row is skipped when the triangle inequality proves the new center is no closer than its nearest pick:
-// ||z_i - c|| >= ||a_i - c|| - ||z_i - a_i||, so ||a_i - c|| >= 2 * min_dist[i] means no change. The margin
+// A row skips pick s when the triangle inequality proves it no closer than the row's nearest pick a:
+// ||z_i - c_s|| >= ||c_a - c_s|| - ||z_i - c_a||, so ||c_a - c_s|| >= 2 * min_dist[i] means no change. The margin
 // covers float32 rounding of both distances (each within a relative (d + 2) * 2^-24), so skipping never
 // changes a result the full update would have produced.
 float skip_margin(int64_t d) { return 1.0f + 4.0f * static_cast<float>(d + 2) * 0x1p-24f; }
@@ -39,6 +61,27 @@ float distance(const float* a, const float* b, int64_t d) {
   return std::sqrt(acc);
 }
 
+// distance() from row `a` to four rows at once, each with distance()'s arithmetic: the same simd loop with one
+// reduction variable per row (same lanes, same remainder handling, same final sum over the lanes), so each
+// result is bitwise distance()'s; four independent accumulation chains instead of one keep the FPU busy.
+void distance4(const float* a, const float* b0, const float* b1, const float* b2, const float* b3, int64_t d,
+               float* out) {
+  float acc0 = 0.f, acc1 = 0.f, acc2 = 0.f, acc3 = 0.f;
+#pragma omp simd reduction(+ : acc0, acc1, acc2, acc3)
+  for (int64_t c = 0; c < d; ++c) {
+    const float x = a[c];
+    const float diff0 = x - b0[c], diff1 = x - b1[c], diff2 = x - b2[c], diff3 = x - b3[c];
+    acc0 += diff0 * diff0;
+    acc1 += diff1 * diff1;
+    acc2 += diff2 * diff2;
+    acc3 += diff3 * diff3;
+  }
+  out[0] = std::sqrt(acc0);
+  out[1] = std::sqrt(acc1);
+  out[2] = std::sqrt(acc2);
+  out[3] = std::sqrt(acc3);
+}
+
 ArgMax argmax_rows(const float* values, int64_t begin, int64_t end) {
   ArgMax best = kNoMax;
   for (int64_t i = begin; i < end; ++i) {
@@ -47,53 +90,202 @@ ArgMax argmax_rows(const float* values, int64_t begin, int64_t end) {
   return best;
 }
 
-// State of the greedy search: running min-distance and nearest pick of every row, the picked rows, and each
-// chunk's cached arg-max (valid until a row of the chunk changes).
-struct Search {
-  const float* z;
-  int64_t n, d;
-  float* min_dist;
-  std::vector<int32_t> nearest;   // pick number of each row's nearest center; -1 while min_dist is not a center's
-  std::vector<float> centers;     // [picks, d] copies of the picked rows
-  std::vector<float> to_newest;   // distance from the newest pick to every earlier pick
-  std::vector<ArgMax> chunk_best;
+struct Block {
+  int64_t upto;  // picks applied to the block's rows
+  ArgMax best;   // arg-max of the rows' min-distances after those picks
+};
 
-  int64_t chunks() const { return static_cast<int64_t>(chunk_best.size()); }
+// A block in the heap, with its maximum when pushed (an upper bound of its maximum from then on).
+struct Entry {
+  float bound;
+  int32_t block;
+};
 
-  // Lowers min_dist by the distance to pick number t (row `center`); refreshes the chunks' arg-maxes.
-  void add_center(int64_t t, int64_t center) {
-    float* newest = centers.data() + t * d;
-    std::copy(z + center * d, z + (center + 1) * d, newest);
-    const float* earlier = centers.data();
-    cpu::parallel_for(0, t, 2048 * 128 / std::max<int64_t>(d, 1), [&](int64_t begin, int64_t end) {
-      for (int64_t s = begin; s < end; ++s) to_newest[s] = distance(earlier + s * d, newest, d);
-    });
-    const float margin = skip_margin(d);
-    const int64_t grain = std::max<int64_t>(1, (1 << 22) / (kRowsPerChunk * std::max<int64_t>(d, 1)));
-    cpu::parallel_for(0, chunks(), grain, [&](int64_t begin, int64_t end) {
-      for (int64_t c = begin; c < end; ++c) {
-        const int64_t r0 = c * kRowsPerChunk, r1 = std::min(n, r0 + kRowsPerChunk);
-        bool changed = false;
-        for (int64_t i = r0; i < r1; ++i) {
-          const int32_t a = nearest[i];
-          if (a >= 0 && to_newest[a] >= 2.f * min_dist[i] * margin) continue;
-          const float dist = distance(z + i * d, newest, d);
-          if (dist < min_dist[i]) {
-            min_dist[i] = dist;
-            nearest[i] = static_cast<int32_t>(t);
-            changed = true;
+// Heap order: an entry comes later than one with a larger bound, or an equal bound and a lower block.
+bool later(const Entry& x, const Entry& y) { return y.bound > x.bound || (y.bound == x.bound && y.block < x.block); }
+
+// State of the greedy search: running min-distance and nearest pick of every row, the picks, and the blocks.
+// One thread (the selecting one) owns the heap and makes the picks; helper threads bring lagging blocks up to
+// date meanwhile, sweeping over the blocks. Each block has a lock; its rows and its Block change only under it.
+class LazySearch {
+ public:
+  LazySearch(const float* z, int64_t n, int64_t d, float* min_dist, int64_t n_select)
+      : z_(z), n_(n), d_(d), min_dist_(min_dist), nearest_(n, -1), centers_(n_select * d), sep_(n_select, 0.f),
+        blocks_((n + kRowsPerBlock - 1) / kRowsPerBlock), locks_(new std::atomic<bool>[blocks_.size()]),
+        margin_(skip_margin(d)),
+        center_tile_(std::max<int64_t>(1, kCenterTileBytes / (std::max<int64_t>(d, 1) * 4))) {
+    for (int64_t b = 0; b < num_blocks(); ++b) {
+      locks_[b].store(false, std::memory_order_relaxed);
+      blocks_[b] = {0, argmax_rows(min_dist_, row_begin(b), row_end(b))};
+      heap_.push_back({blocks_[b].best.value, static_cast<int32_t>(b)});
+    }
+    std::make_heap(heap_.begin(), heap_.end(), later);
+  }
+
+  int64_t num_blocks() const { return static_cast<int64_t>(blocks_.size()); }
+
+  // Records pick number t (row `row`, at min-distance `value` when picked; 0 for a start row) for every thread.
+  void add_pick(int64_t t, int64_t row, float value) {
+    std::copy(z_ + row * d_, z_ + (row + 1) * d_, centers_.data() + t * d_);
+    sep_[t] = value;
+    published_.store(t + 1, std::memory_order_release);
+  }
+
+  // Selecting thread: the arg-max over all rows of the min-distance to the first `picks` picks (first maximum on
+  // ties). The top entry is the answer once its block is up to date and its bound is the block's maximum: every
+  // other entry's bound is no larger (and an equal one belongs to a later block); otherwise the block is brought
+  // up to date and pushed back with its exact maximum.
+  ArgMax verified_max(int64_t picks) {
+    for (;;) {
+      const Entry top = heap_.front();
+      Block& block = blocks_[top.block];
+      lock(top.block);
+      if (block.upto == picks && block.best.value == top.bound) {
+        const ArgMax best = block.best;
+        unlock(top.block);
+        return best;
+      }
+      if (block.upto < picks) bring_up_to_date(top.block, picks);
+      const Entry entry{block.best.value, top.block};
+      unlock(top.block);
+      std::pop_heap(heap_.begin(), heap_.end(), later);
+      heap_.back() = entry;
+      std::push_heap(heap_.begin(), heap_.end(), later);
+    }
+  }
+
+  // Helper threads, until stop(): sweep over the blocks, bringing up to date those kHelperLag picks behind.
+  void help() {
+    while (!stopped_.load(std::memory_order_acquire)) {
+      const int64_t picks = published_.load(std::memory_order_acquire);
+      bool worked = false;
+      for (int64_t k = 0; k < num_blocks() && !worked; ++k) {
+        const int64_t b = cursor_.fetch_add(1, std::memory_order_relaxed) % num_blocks();
+        if (!try_lock(b)) continue;
+        if (picks - blocks_[b].upto >= kHelperLag) {
+          bring_up_to_date(b, picks);
+          worked = true;
+        }
+        unlock(b);
+      }
+      if (!worked) std::this_thread::sleep_for(std::chrono::microseconds(50));  // nothing lags: let picks come
+    }
+  }
+
+  void stop() { stopped_.store(true, std::memory_order_release); }
+
+  // After the helpers have stopped: every pending pick to every block, in parallel, so min_dist is exact for all
+  // rows. Rows are split among the threads by work (rows times pending picks).
+  void flush(int64_t picks) {
+    std::vector<int64_t> stale, work_before{0}, rows_before{0};
+    for (int64_t b = 0; b < num_blocks(); ++b) {
+      if (blocks_[b].upto == picks) continue;
+      stale.push_back(b);
+      work_before.push_back(work_before.back() + rows(b) * (picks - blocks_[b].upto));
+      rows_before.push_back(rows_before.back() + rows(b));
+    }
+    const int64_t count = static_cast<int64_t>(stale.size());
+    const int64_t pieces = std::max(1, at::get_num_threads());
+    // Piece p starts at the first row whose work starts at or after total * p / pieces.
+    std::vector<int64_t> start(pieces + 1, rows_before[count]);
+    for (int64_t p = 0, j = 0; p < pieces && count > 0; ++p) {
+      const int64_t w = work_before[count] * p / pieces;
+      while (work_before[j + 1] <= w) ++j;
+      const int64_t per_row = picks - blocks_[stale[j]].upto;
+      start[p] = std::min(rows_before[j + 1], rows_before[j] + (w - work_before[j] + per_row - 1) / per_row);
+    }
+    auto pieces_from = [&](int64_t p0, int64_t p1) {
+      const int64_t g0 = start[p0], g1 = start[p1];  // rows [g0, g1) of the stale blocks, concatenated
+      int64_t j = std::upper_bound(rows_before.begin(), rows_before.end(), g0) - rows_before.begin() - 1;
+      for (int64_t g = g0; g < g1; ++j) {
+        const int64_t end = std::min(g1, rows_before[j + 1]);
+        const int64_t base = row_begin(stale[j]) - rows_before[j];
+        apply(base + g, base + end, blocks_[stale[j]].upto, picks);
+        g = end;
+      }
+    };
+    if (work_before[count] < kParallelWork) {
+      cpu::dispatch([&] { pieces_from(0, pieces); });
+    } else {
+      cpu::parallel_for(0, pieces, 1, pieces_from);
+    }
+    for (const int64_t b : stale) blocks_[b].upto = picks;
+  }
+
+ private:
+  int64_t row_begin(int64_t b) const { return b * kRowsPerBlock; }
+  int64_t row_end(int64_t b) const { return std::min(n_, (b + 1) * kRowsPerBlock); }
+  int64_t rows(int64_t b) const { return row_end(b) - row_begin(b); }
+  const float* center(int64_t s) const { return centers_.data() + s * d_; }
+
+  bool try_lock(int64_t b) {
+    return !locks_[b].load(std::memory_order_relaxed) && !locks_[b].exchange(true, std::memory_order_acquire);
+  }
+  void lock(int64_t b) {
+    while (locks_[b].exchange(true, std::memory_order_acquire)) {
+      while (locks_[b].load(std::memory_order_relaxed)) std::this_thread::yield();
+    }
+  }
+  void unlock(int64_t b) { locks_[b].store(false, std::memory_order_release); }
+
+  // Under the block's lock: its pending picks applied, its arg-max refreshed.
+  void bring_up_to_date(int64_t b, int64_t picks) {
+    cpu::dispatch([&] { apply(row_begin(b), row_end(b), blocks_[b].upto, picks); });
+    blocks_[b] = {picks, argmax_rows(min_dist_, row_begin(b), row_end(b))};
+  }
+
+  // Lowers the min-distances of rows [r0, r1) by picks [u, t), each row taking the picks in pick order. Picks go
+  // in tiles that stay in L1 while the rows pass; a row skips a pick when sep proves it no closer than the row's
+  // nearest pick, and a whole tile when its smallest sep does.
+  void apply(int64_t r0, int64_t r1, int64_t u, int64_t t) {
+    for (int64_t s0 = u; s0 < t; s0 += center_tile_) {
+      const int64_t s1 = std::min(t, s0 + center_tile_);
+      const float tile_sep = *std::min_element(sep_.begin() + s0, sep_.begin() + s1);
+      for (int64_t i = r0; i < r1; ++i) {
+        float m = min_dist_[i];
+        int32_t a = nearest_[i];
+        if (a >= 0 && tile_sep >= 2.f * m * margin_) continue;
+        const float* row = z_ + i * d_;
+        // Picks in groups of four not skipped (skipping tested with m before the group: sound, as m only falls).
+        for (int64_t s = s0; s < s1;) {
+          int64_t group[4];
+          int count = 0;
+          for (; s < s1 && count < 4; ++s) {
+            if (a < 0 || sep_[s] < 2.f * m * margin_) group[count++] = s;
+          }
+          float dist[4];
+          if (count == 4) {
+            distance4(row, center(group[0]), center(group[1]), center(group[2]), center(group[3]), d_, dist);
+          } else {
+            for (int k = 0; k < count; ++k) dist[k] = distance(row, center(group[k]), d_);
+          }
+          for (int k = 0; k < count; ++k) {
+            if (dist[k] < m) {
+              m = dist[k];
+              a = static_cast<int32_t>(group[k]);
+            }
           }
         }
-        if (changed || chunk_best[c].index == kNoMax.index) chunk_best[c] = argmax_rows(min_dist, r0, r1);
+        min_dist_[i] = m;
+        nearest_[i] = a;
       }
-    });
+    }
   }
 
-  ArgMax best() const {
-    ArgMax out = kNoMax;
-    for (const ArgMax& b : chunk_best) out = better(out, b);
-    return out;
-  }
+  const float* z_;
+  int64_t n_, d_;
+  float* min_dist_;
+  std::vector<int32_t> nearest_;  // pick number of each row's nearest pick; -1 while min_dist is not a pick's
+  std::vector<float> centers_;    // [picks, d] copies of the picked rows
+  std::vector<float> sep_;        // min-distance of each pick when picked: <= its distance to every earlier pick
+  std::vector<Block> blocks_;
+  std::unique_ptr<std::atomic<bool>[]> locks_;
+  std::vector<Entry> heap_;  // one entry per block, a max-heap in `later`'s order (selecting thread only)
+  std::atomic<int64_t> published_{0};
+  std::atomic<int64_t> cursor_{0};
+  std::atomic<bool> stopped_{false};
+  float margin_;
+  int64_t center_tile_;
 };
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kcenter_greedy_cpu(const at::Tensor& projected_in, int64_t n_select,
@@ -115,22 +307,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kcenter_greedy_cpu(const at::Tens
   int64_t* out_idx = indices.mutable_data_ptr<int64_t>();
   float* out_radius = radii.mutable_data_ptr<float>();
 
-  Search search{z, N, d, min_dist, std::vector<int32_t>(N, -1), std::vector<float>(n_select * d),
-                std::vector<float>(n_select), std::vector<ArgMax>((N + kRowsPerChunk - 1) / kRowsPerChunk, kNoMax)};
-  int64_t center = start_index;
-  if (init_distances.has_value()) {
-    for (int64_t c = 0; c < search.chunks(); ++c) {
-      search.chunk_best[c] = argmax_rows(min_dist, c * kRowsPerChunk, std::min(N, (c + 1) * kRowsPerChunk));
+  LazySearch search(z, N, d, min_dist, n_select);
+  auto select = [&] {
+    ArgMax next{0.f, start_index};
+    if (init_distances.has_value()) next = search.verified_max(0);
+    for (int64_t t = 0; t < n_select; ++t) {
+      TORCH_CHECK_VALUE(next.index >= 0 && next.index < N, "kcenter_greedy: no farthest row after ", t,
+                        " picks (projected must be finite)");
+      out_idx[t] = next.index;
+      search.add_pick(t, next.index, t == 0 ? 0.f : next.value);
+      next = search.verified_max(t + 1);
+      out_radius[t] = next.value;
     }
-    center = search.best().index;
+  };
+  const int64_t helpers = N * n_select >= kHelperWork && search.num_blocks() > 1 ? at::get_num_threads() - 1 : 0;
+  if (helpers <= 0) {
+    select();
+  } else {
+    std::vector<std::thread> threads;
+    {
+      // Helpers stop when the selection ends, also by an exception (then the threads are joined, then it goes on).
+      struct Stop {
+        LazySearch& search;
+        std::vector<std::thread>& threads;
+        ~Stop() {
+          search.stop();
+          for (std::thread& thread : threads) thread.join();
+        }
+      } stop{search, threads};
+      for (int64_t h = 0; h < helpers; ++h) threads.emplace_back([&search] { search.help(); });
+      select();
+    }
   }
-  for (int64_t t = 0; t < n_select; ++t) {
-    out_idx[t] = center;
-    search.add_center(t, center);
-    const ArgMax best = search.best();
-    out_radius[t] = best.value;
-    center = best.index;
-  }
+  search.flush(n_select);
   return {indices, radii, min_dist_t};
 }
 

@@ -7,7 +7,7 @@ import torch
 
 from ad_fast._extension import has_cuda_ops, has_ops
 from ad_fast.ops import kcenter_greedy
-from ad_fast.ops.kcenter_greedy import random_projection
+from ad_fast.ops.kcenter_greedy import kcenter_greedy_reference, random_projection
 
 BACKENDS = ["reference", pytest.param("kernel", marks=pytest.mark.skipif(not has_ops(), reason="ad_fast._C not built"))]
 
@@ -237,3 +237,94 @@ def test_cuda_same_indices_as_cpu(n, d, n_select):
                          return_min_distances=True, backend="kernel")
     assert torch.equal(gpu[0].cpu(), cpu[0])
     torch.testing.assert_close(gpu[1].cpu(), cpu[1], rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ the lazy block kernel against a full pass
+def full_pass(z: torch.Tensor, n_select: int, start: int | None = None, init: torch.Tensor | None = None):
+    """Greedy k-center by one full pass over all rows per pick, with the kernel's distance arithmetic.
+
+    Each pick's distance to every row comes from a one-pick kernel call (its min-distances: one distance per row,
+    nothing pending, nothing skipped); the running minimum and the first-maximum arg-max are exact torch ops. So the
+    lazy kernel must give these indices, radii and min-distances bit for bit.
+    """
+    min_dist = torch.full((z.shape[0],), float("inf")) if init is None else init.clone()
+    pick = start if init is None else int(torch.argmax(min_dist))
+    picks, radii = [], []
+    for _ in range(n_select):
+        picks.append(pick)
+        min_dist = torch.minimum(min_dist, torch.ops.ad_fast.kcenter_greedy(z.contiguous(), 1, pick, None)[2])
+        pick = int(torch.argmax(min_dist))  # first maximum
+        radii.append(min_dist[pick])
+    return torch.tensor(picks, dtype=torch.long), torch.stack(radii), min_dist
+
+
+def assert_same_as_full_pass(z, n_select, start=None, init=None) -> None:
+    got = kcenter_greedy(z, n_select, projection_dim=None, start_index=start, init_distances=init, return_radii=True,
+                         return_min_distances=True, backend="kernel")
+    expected = full_pass(z, n_select, start, init)
+    for name, a, b in zip(("indices", "radii", "min_dist"), got, expected):
+        assert torch.equal(a, b), f"{name} differ from the full pass"
+
+
+needs_ops = pytest.mark.skipif(not has_ops(), reason="ad_fast._C not built")
+
+
+@needs_ops
+@pytest.mark.parametrize("n, d, n_select", [(1, 3, 1), (2, 5, 2), (7, 4, 7), (200, 16, 200), (769, 9, 150),
+                                            (1000, 33, 100), (3001, 128, 350)])
+def test_lazy_kernel_is_a_full_pass_bit_for_bit(n, d, n_select):
+    """Random rows of odd sizes: one block or less (N < 256), several blocks + 1, N not a multiple of the block
+    size, n_select = N, d with a SIMD remainder, and 128-d with helper threads (N * n_select >= 2^20); from a start
+    row and from init distances with exact ties."""
+    gen = torch.Generator().manual_seed(n * 31 + d)
+    z = torch.randn(n, d, generator=gen)
+    assert_same_as_full_pass(z, n_select, start=n // 3)
+    init = torch.randint(0, 3, (n,), generator=gen).float() * 4  # ties among the largest starting values
+    assert_same_as_full_pass(z, n_select, init=init)
+
+
+@needs_ops
+def test_lazy_kernel_exact_ties_equal_the_reference_loop():
+    """Integer rows (every squared distance exact in float32 whatever the summation order): duplicated rows and a
+    lattice, all rows picked, so late picks are ties at radius 0 (first maximum). Indices equal the reference
+    loop's; radii and min-distances equal the full pass's (the reference's torch.sqrt is not always correctly
+    rounded in float32: it gives 7.41619873 for sqrt(55), the kernel the nearest float 7.41619825), and the
+    reference's to 1 ulp."""
+    gen = torch.Generator().manual_seed(11)
+    lattice = torch.cartesian_prod(*[torch.arange(-2.0, 3.0)] * 4)  # 625 rows, many equal distances
+    rows = torch.cat([lattice, lattice[torch.randperm(625, generator=gen)[:140]],
+                      torch.randint(-4, 5, (60, 4), generator=gen).float()])  # 825 rows: duplicates, 4 blocks
+    for start, init in ((0, None), (700, None), (None, rows.norm(dim=1).round())):
+        kernel = kcenter_greedy(rows, rows.shape[0], projection_dim=None, start_index=start, init_distances=init,
+                                return_radii=True, return_min_distances=True, backend="kernel")
+        reference = kcenter_greedy_reference(rows, rows.shape[0], projection_dim=None, start_index=start,
+                                             init_distances=init, return_radii=True, return_min_distances=True)
+        assert torch.equal(kernel[0], reference[0])
+        for a, b in zip(kernel[1:], reference[1:]):
+            torch.testing.assert_close(a, b, rtol=2**-23, atol=0.0)
+    assert_same_as_full_pass(rows, rows.shape[0], init=rows.norm(dim=1).round())
+
+
+@needs_ops
+def test_lazy_kernel_clustered_rows_non_contiguous_and_threads():
+    """Clustered rows (the triangle-inequality skip fires), given as a non-contiguous view: a full pass bit for
+    bit, from a start row and from DMAD-like init distances, with 1 and 2 threads (helpers or none)."""
+    view = clustered_rows(4001, 48, 40, seed=12)[:, ::2]  # every other column: 24-d, strided
+    assert not view.is_contiguous()
+    init = torch.cdist(view, view[:3]).mean(1)
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            assert_same_as_full_pass(view, 270, start=9)
+            assert_same_as_full_pass(view, 270, init=init)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@needs_ops
+def test_raw_kernel_zero_columns():
+    """Rows of no columns (the raw op; the Python API refuses them): every distance is 0, so after the start row
+    each pick is row 0 (first maximum) at radius 0."""
+    indices, radii, min_dist = torch.ops.ad_fast.kcenter_greedy(torch.empty(5, 0), 3, 2, None)
+    assert indices.tolist() == [2, 0, 0] and radii.tolist() == [0.0] * 3 and min_dist.tolist() == [0.0] * 5

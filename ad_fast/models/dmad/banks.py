@@ -37,16 +37,38 @@ def extract_features(encoder: PatchFeatureEncoder, items: list, size: tuple[int,
     return store, grid
 
 
+def coreset_input(features: torch.Tensor, seed: int = 0, projection_dim: int = 128, n_starts: int = 10,
+                  device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """What :func:`coreset_indices` hands the greedy k-center search: projected rows and starting min-distances.
+
+    Rows are projected to ``projection_dim`` (Gaussian JL matrix, streamed in chunks); the running min-distance
+    starts as the mean distance to ``n_starts`` random rows (PatchCore's ``ApproximateGreedyCoresetSampler``;
+    those rows are not selected).
+
+    Args:
+        features (Tensor[M, C]): any float dtype; streamed in chunks to ``device`` (default: its own) for the
+            projection, so only the ``[M, projection_dim]`` projection lives there.
+    Returns:
+        (float32 Tensor[M, projection_dim], float32 Tensor[M]) on ``device``.
+    """
+    rows = features.shape[0]
+    device = features.device if device is None else torch.device(device)
+    weight = random_projection(features.shape[1], projection_dim, seed).to(device)
+    z = torch.cat([features[s : s + _PROJECT_CHUNK].to(device, torch.float32) @ weight
+                   for s in range(0, rows, _PROJECT_CHUNK)])
+    generator = torch.Generator().manual_seed(seed)
+    starts = torch.randperm(rows, generator=generator)[: min(n_starts, rows)].to(z.device)
+    return z, torch.cdist(z, z[starts]).mean(1)
+
+
 def coreset_indices(features: torch.Tensor, ratio: float, seed: int = 0, projection_dim: int = 128,
                     n_starts: int = 10, progress: bool = True,
                     device: torch.device | str | None = None) -> torch.Tensor:
     """PatchCore's approximate greedy coreset: int64 indices of ``int(M · ratio)`` rows of ``features``.
 
-    Rows are projected to ``projection_dim`` (Gaussian JL matrix, streamed in chunks); the running
-    min-distance starts as the mean distance to ``n_starts`` random rows (PatchCore's
-    ``ApproximateGreedyCoresetSampler``; those rows are not selected); the greedy k-center picks come from
-    one call of :func:`ad_fast.ops.kcenter_greedy` (its pruned CPU kernel keeps its grouping of the rows
-    across all picks, so the selection is not split into chunks; the progress bar advances once, at the end).
+    The greedy k-center picks of :func:`ad_fast.ops.kcenter_greedy` over :func:`coreset_input` (projected rows,
+    min-distances starting from the mean distance to ``n_starts`` random rows), in one call (the progress bar
+    advances once, at the end).
 
     Args:
         features (Tensor[M, C]): any float dtype; streamed in chunks to ``device`` (default: its own) for the
@@ -58,13 +80,7 @@ def coreset_indices(features: torch.Tensor, ratio: float, seed: int = 0, project
         return torch.empty(0, dtype=torch.long)
     if ratio >= 1.0:
         return torch.arange(rows)
-    device = features.device if device is None else torch.device(device)
-    weight = random_projection(features.shape[1], projection_dim, seed).to(device)
-    z = torch.cat([features[s : s + _PROJECT_CHUNK].to(device, torch.float32) @ weight
-                   for s in range(0, rows, _PROJECT_CHUNK)])
-    generator = torch.Generator().manual_seed(seed)
-    starts = torch.randperm(rows, generator=generator)[: min(n_starts, rows)].to(z.device)
-    min_dist = torch.cdist(z, z[starts]).mean(1)
+    z, min_dist = coreset_input(features, seed, projection_dim, n_starts, device)
     with tqdm(total=count, desc="coreset", unit="patch", disable=not progress, leave=False) as bar:
         picks = kcenter_greedy(z, n_select=count, projection_dim=None, init_distances=min_dist)
         bar.update(count)
