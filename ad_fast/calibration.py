@@ -109,13 +109,18 @@ def raw_outputs(model: Any, images: Sequence[Any], batch_size: int = 16,
     return torch.cat(scores), maps
 
 
-def synthetic_anomalies(images: Sequence[Any], seed: int = _SPLIT_SEED) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def synthetic_anomalies(images: Sequence[Any], seed: int = _SPLIT_SEED,
+                        size: tuple[int, int] | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """One DRAEM-style defect (:func:`ad_fast.synthesis.draem_paste`) pasted into each normal image:
-    ``([3, H, W] images, [1, H, W] masks)``, reproducible from ``seed``."""
-    from .data.images import to_image_batch
+    ``([3, H, W] images, [1, H, W] masks)``, reproducible from ``seed``. ``size`` (H, W): the images are first
+    resized to it (the model's input size: a defect painted at a 900 px file's full resolution would cost ~12x
+    the texture work only to be resized away by ``predict``)."""
+    from .data.images import resize_image, to_image_batch
     from .synthesis import draem_paste
 
     tensors, _ = to_image_batch(list(images), "normal")
+    if size is not None:
+        tensors = [resize_image(t, size) for t in tensors]
     pairs = [draem_paste(image, seed + i) for i, image in enumerate(tensors)]
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
@@ -151,7 +156,8 @@ def _mask_batch(masks: Sequence[Any], size: tuple[int, int]) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------------------------- calibration
 def calibrate(model: Any, normal_images: Any, anomalous: Any = SYNTHETIC, sensitivity: float = DEFAULT_SENSITIVITY,
-              batch_size: int = 16, seed: int = _SPLIT_SEED, **predict_kwargs: Any) -> Decision:
+              batch_size: int = 16, seed: int = _SPLIT_SEED, synthetic_size: tuple[int, int] | None = None,
+              **predict_kwargs: Any) -> Decision:
     """Learn ``model.decision`` from normal images the model was not fitted on (and optionally anomalies).
 
     Args:
@@ -162,6 +168,8 @@ def calibrate(model: Any, normal_images: Any, anomalous: Any = SYNTHETIC, sensit
             synthetic validation; F1-optimal thresholds), ``None`` (normals only: the quantile rule), or labelled
             anomalies ``(images, masks)`` / a dataset with masks (F1-optimal thresholds).
         sensitivity: in [0, 1] (see :mod:`ad_fast.thresholds`).
+        synthetic_size: (H, W) the synthetic anomalies are made at (``None``: each image's own size);
+            :meth:`ad_fast.Detector.fit` passes the model's ``input_size``.
 
     Returns:
         the :class:`Decision`, also stored as ``model.decision``.
@@ -172,7 +180,7 @@ def calibrate(model: Any, normal_images: Any, anomalous: Any = SYNTHETIC, sensit
     source = None
     if anomalous is not None:
         if isinstance(anomalous, str) and anomalous == SYNTHETIC:
-            images, masks = synthetic_anomalies(normal, seed)
+            images, masks = synthetic_anomalies(normal, seed, synthetic_size)
             source = "f1-synthetic"
         else:
             images, masks = _labelled(anomalous)
@@ -190,7 +198,7 @@ def calibrate(model: Any, normal_images: Any, anomalous: Any = SYNTHETIC, sensit
 def fit_and_calibrate(model: Any, data: Any, validation: Any = None, holdout: float = HOLDOUT,
                       anomalous: Any = SYNTHETIC, sensitivity: float = DEFAULT_SENSITIVITY,
                       calibration_batch_size: int = 16, fit: Callable[..., Any] | None = None,
-                      **fit_kwargs: Any) -> Any:
+                      synthetic_size: tuple[int, int] | None = None, **fit_kwargs: Any) -> Any:
     """Fit on the normal images minus a held-out share, then :func:`calibrate` on that share.
 
     :meth:`ad_fast.models.Detector.fit` runs this with its ``_fit``; for any other model ``fit`` defaults to
@@ -203,6 +211,7 @@ def fit_and_calibrate(model: Any, data: Any, validation: Any = None, holdout: fl
             fewer than two normal images nothing is held out and no decision is learned (a warning says so).
         anomalous, sensitivity: as :func:`calibrate`; calibration_batch_size: its ``batch_size``.
         fit: the fitting function called with ``(fit_part, **fit_kwargs)``.
+        synthetic_size: as :func:`calibrate`.
 
     Returns:
         ``model`` (fitted; ``model.decision`` set, or ``None`` when nothing could be held out).
@@ -216,7 +225,7 @@ def fit_and_calibrate(model: Any, data: Any, validation: Any = None, holdout: fl
         warnings.warn("holdout: fewer than two normal images, none held out for calibration; the model makes no "
                       "OK/NG decision (give more images, or validation=, or calibrate it later)", stacklevel=2)
         return model
-    calibrate(model, validation, anomalous, sensitivity, calibration_batch_size)
+    calibrate(model, validation, anomalous, sensitivity, calibration_batch_size, synthetic_size=synthetic_size)
     return model
 
 

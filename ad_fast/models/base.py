@@ -64,6 +64,11 @@ class Detector(nn.Module):
         self.decision: Decision | None = None
 
     # ------------------------------------------------------------------------------------------ method hooks
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """``(H, W)`` every image is resized to before the network."""
+        raise NotImplementedError
+
     def _fit(self, data: Any, **options: Any) -> None:
         """Fit on the normal images of ``data`` (any input :func:`components.inputs.normal_images` takes)."""
         raise NotImplementedError
@@ -137,7 +142,8 @@ class Detector(nn.Module):
         from ..calibration import fit_and_calibrate
 
         fit_and_calibrate(self, data, validation, holdout, calibration_anomalies, sensitivity,
-                          calibration_batch_size=self.default_batch_size, fit=self._fit, **options)
+                          calibration_batch_size=self.default_batch_size, fit=self._fit,
+                          synthetic_size=self.input_size, **options)
         return self
 
     def calibrate(self, normal_images: Any, anomalous: Any = SYNTHETIC, sensitivity: float = DEFAULT_SENSITIVITY,
@@ -155,7 +161,7 @@ class Detector(nn.Module):
         from ..calibration import calibrate
 
         return calibrate(self, normal_images, anomalous, sensitivity, batch_size or self.default_batch_size,
-                         **options)
+                         synthetic_size=self.input_size, **options)
 
     def predict_iter(self, images: ImageInput | Sequence[ImageInput], batch_size: int | None = None, *,
                      result_device: str | torch.device = "cpu", **options: Any) -> Iterator[AnomalyResult]:

@@ -239,3 +239,25 @@ def test_files_of_ad_fast_0_1_fail_with_how_to_convert_and_convert_exactly(fitte
     torch.testing.assert_close(loaded.predict(folder).pred_score, fitted.predict(folder).raw_score, rtol=0, atol=0)
     with pytest.raises(ValueError, match="already in the current format"):
         ad_fast.models.convert(converted, tmp_path / "again.safetensors")
+
+
+def test_input_size_is_the_configured_side_and_synthetic_defects_are_made_at_it(fitted, files, monkeypatch):
+    """Every method's input_size is its config's square side; calibration paints its synthetic defects at that
+    size (not at each file's own), which is what predict sees after resizing."""
+    side = {"dmad": "image_size"}.get(fitted.method, "img_size")
+    assert fitted.input_size == (getattr(fitted.config, side),) * 2
+    from ad_fast import calibration
+
+    seen = []
+    real = calibration.synthetic_anomalies
+    monkeypatch.setattr(calibration, "synthetic_anomalies",
+                        lambda images, seed, size=None: seen.append(size) or real(images, seed, size))
+    options = {"prompt": [str(files[0])]} if fitted.method == "metauas" else {}
+    decision = fitted.decision  # the module's fitted model: keep its decision for the other tests
+    try:
+        fitted.calibrate([str(f) for f in files[:2]], **options)
+    finally:
+        fitted.decision = decision
+    assert seen == [fitted.input_size]
+    images, masks = real([str(files[0])], 0, fitted.input_size)
+    assert images[0].shape == (3, *fitted.input_size) and masks[0].shape == (1, *fitted.input_size)

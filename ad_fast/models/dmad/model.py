@@ -121,8 +121,12 @@ class DMAD(Detector):
         return self.config.mode
 
     @property
-    def size(self) -> tuple[int, int]:
+    def input_size(self) -> tuple[int, int]:
         return (self.config.image_size, self.config.image_size)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.input_size
 
     @property
     def device_(self) -> torch.device:

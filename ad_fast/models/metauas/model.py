@@ -84,6 +84,10 @@ class MetaUAS(Detector):
 
     # ----------------------------------------------------------------------------------------------- config / I/O
     @property
+    def input_size(self) -> tuple[int, int]:
+        return (self.img_size, self.img_size)
+
+    @property
     def config(self) -> MetaUASConfig:
         """The constructor arguments that define this model."""
         return MetaUASConfig(img_size=self.img_size, alignment=self.alignment[0].alignment,

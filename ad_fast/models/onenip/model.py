@@ -78,6 +78,10 @@ class OneNIP(Detector):
 
     # ------------------------------------------------------------------------------------------ config / I/O
     @property
+    def input_size(self) -> tuple[int, int]:
+        return (self.img_size, self.img_size)
+
+    @property
     def config(self) -> OneNIPConfig:
         """The constructor arguments that define this model (with the calibrated ``kappa``)."""
         return OneNIPConfig(img_size=self.img_size, backbone=self.backbone_name, alpha=self.alpha,

@@ -109,6 +109,10 @@ class ReDi(Detector):
     # ----------------------------------------------------------------- building blocks
 
     @property
+    def input_size(self) -> tuple[int, int]:
+        return (self.config.img_size, self.config.img_size)
+
+    @property
     def uses_prompt(self) -> bool:
         """Whether the recover network takes a retrieved prompt image X⁺ (``prompt="pretrained"``)."""
         return self.config.prompt == "pretrained"
