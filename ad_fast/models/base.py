@@ -65,9 +65,10 @@ class Detector(nn.Module):
 
     # ------------------------------------------------------------------------------------------ method hooks
     @property
-    def input_size(self) -> tuple[int, int]:
-        """``(H, W)`` every image is resized to before the network."""
-        raise NotImplementedError
+    def input_size(self) -> tuple[int, int] | None:
+        """``(H, W)`` every image is resized to before the network; ``None`` for a method that takes images at
+        their own size (calibration then makes its synthetic defects at each image's size)."""
+        return None
 
     def _fit(self, data: Any, **options: Any) -> None:
         """Fit on the normal images of ``data`` (any input :func:`components.inputs.normal_images` takes)."""
