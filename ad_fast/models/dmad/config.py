@@ -5,25 +5,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
 
 from ...data.images import check_image_side
+from ..components.config_checks import check_fraction, check_positive
 from .knowledge import ATTENTION_MODES
 from .training import TrainConfig
 
 MODES = ("dmad", "memory_bank")
 IMAGE_SCORES = ("max", "topk_mean")
 DTYPES = ("float32", "float16")
-
-
-def _positive(value: Any, name: str, kind: type = int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int) or not value > 0:
-        raise ValueError(f"{name}: expected a positive {kind.__name__}, got {value!r}")
-
-
-def _fraction(value: Any, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
-        raise ValueError(f"{name}: expected a number in (0, 1], got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -74,11 +64,11 @@ class DMADConfig:
                 raise ValueError(f"{name}: expected one of {DTYPES}, got {getattr(self, name)!r}")
         check_image_side(self.image_size, "image_size")
         for name in ("embed_dim", "n_textures", "hidden", "mapper_layers", "top_k", "batch_size"):
-            _positive(getattr(self, name), name)
+            check_positive(getattr(self, name), name)
         value = self.synthetic_anomalies
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"synthetic_anomalies: expected a non-negative int, got {value!r}")
-        _fraction(self.coreset_ratio, "coreset_ratio")
-        _fraction(self.outlier_ratio, "outlier_ratio")
-        _positive(self.blur_sigma, "blur_sigma", float)
+        check_fraction(self.coreset_ratio, "coreset_ratio")
+        check_fraction(self.outlier_ratio, "outlier_ratio")
+        check_positive(self.blur_sigma, "blur_sigma", float)
         TrainConfig(**self.train)  # checks the keys

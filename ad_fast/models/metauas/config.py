@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...data.images import check_image_side
+from ..components.config_checks import check_fraction, check_positive
 
 
 def check_img_size(img_size: Any) -> None:
@@ -26,8 +27,5 @@ class MetaUASConfig:
 
     def __post_init__(self) -> None:
         check_img_size(self.img_size)
-        value = self.threshold
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-            raise ValueError(f"threshold: expected a value in [0, 1], got {value!r}")
-        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
-            raise ValueError(f"k: expected a positive int, got {self.k!r}")
+        check_fraction(self.threshold, "threshold", include_zero=True)
+        check_positive(self.k, "k")

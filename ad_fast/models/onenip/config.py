@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...data.images import check_image_side
+from ..components.config_checks import check_fraction, check_positive
 from .backbone import FEATURE_STRIDE
 
 BACKBONES = ("efficientnet_b4",)
@@ -34,7 +35,5 @@ class OneNIPConfig:
         check_image_side(self.img_size, "img_size", multiple=FEATURE_STRIDE, minimum=32)
         if self.backbone not in BACKBONES:
             raise ValueError(f"backbone: expected one of {BACKBONES}, got {self.backbone!r}")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha: expected a value in [0, 1], got {self.alpha!r}")
-        if isinstance(self.avgpool_size, bool) or not isinstance(self.avgpool_size, int) or self.avgpool_size < 1:
-            raise ValueError(f"avgpool_size: expected a positive int, got {self.avgpool_size!r}")
+        check_fraction(self.alpha, "alpha", include_zero=True)
+        check_positive(self.avgpool_size, "avgpool_size")
