@@ -38,7 +38,7 @@ class DMADGraph(nn.Module):
             self.abnormal = NearestL2(model.abnormal_bank.rows, bank_dtype)
             self.enhancer, self.mapper = model.enhancer, model.mapper
         cfg = model.config
-        self.size, self.sigma = model.size, float(cfg.blur_sigma)
+        self.size, self.sigma = model.input_size, float(cfg.blur_sigma)
         self.image_score = cfg.image_score or ("max" if self.mode == "memory_bank" else "topk_mean")
         self.top_k = int(cfg.top_k)
 
@@ -74,9 +74,10 @@ def build(model: "DMAD", bank_dtype: str | None = None) -> MethodGraph:
     else:
         raise ValueError(f"bank_dtype: expected None or one of {tuple(_BANK_DTYPES)}, got {bank_dtype!r}")
     with torch.no_grad():  # fills the encoder's cached aggregation weights, which the trace then reads as constants
-        model.encoder(torch.zeros(1, 3, *model.size, device=model.device))
+        model.encoder(torch.zeros(1, 3, *model.input_size, device=model.device))
     encoder = model.encoder
-    preprocess = Preprocess(size=model.size, mean=encoder.mean.flatten().tolist(), std=encoder.std.flatten().tolist())
+    preprocess = Preprocess(size=model.input_size, mean=encoder.mean.flatten().tolist(),
+                            std=encoder.std.flatten().tolist())
     return MethodGraph(DMADGraph(model, dtype), ("images",), preprocess,
-                       notes=f"DMAD mode={model.mode}; maps at image_size {model.size} (PyTorch's predict maps inputs "
-                             "of one shared size at that size).")
+                       notes=f"DMAD mode={model.mode}; maps at image_size {model.input_size} (PyTorch's predict maps "
+                             "inputs of one shared size at that size).")

@@ -125,10 +125,6 @@ class DMAD(Detector):
         return (self.config.image_size, self.config.image_size)
 
     @property
-    def size(self) -> tuple[int, int]:
-        return self.input_size
-
-    @property
     def device_(self) -> torch.device:
         return self.device
 
@@ -138,7 +134,7 @@ class DMAD(Detector):
 
     @property
     def _common_size(self) -> tuple[int, int]:
-        return self.size
+        return self.input_size
 
     def _moved(self, device: torch.device) -> None:
         """``.to()`` / ``.cuda()`` / ``.cpu()`` also move the memory banks."""
@@ -147,7 +143,7 @@ class DMAD(Detector):
                 bank.to(device)
 
     def _features(self, items: list, desc: str, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, tuple[int, int]]:
-        return extract_features(self.encoder, items, self.size, self.config.batch_size, dtype, desc,
+        return extract_features(self.encoder, items, self.input_size, self.config.batch_size, dtype, desc,
                                 self.progress, self.device)
 
     def _bank(self, rows: torch.Tensor) -> MemoryBank:
@@ -164,7 +160,7 @@ class DMAD(Detector):
         """``n_textures`` outlier textures: random files of the ``textures`` folder, else procedural ones."""
         from ...synthesis import TextureSource
 
-        source = TextureSource(self.config.textures, self.size)
+        source = TextureSource(self.config.textures, self.input_size)
         return [source.sample(self.config.seed + i) for i in range(self.config.n_textures)]
 
     def _synthetic_anomalies(self, items: list) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -174,9 +170,9 @@ class DMAD(Detector):
         count = min(self.config.synthetic_anomalies, len(items))
         generator = torch.Generator().manual_seed(self.config.seed)
         picked = [items[int(i)] for i in torch.randperm(len(items), generator=generator)[:count]]
-        source = TextureSource(self.config.textures, self.size)
+        source = TextureSource(self.config.textures, self.input_size)
         images, masks = [], []
-        for i, (_, pixels, _) in enumerate(iter_batches(picked, self.size, 1)):
+        for i, (_, pixels, _) in enumerate(iter_batches(picked, self.input_size, 1)):
             image, mask = draem_paste(pixels[0], source, self.config.seed + i)
             images.append(image)
             masks.append(mask)
@@ -219,7 +215,7 @@ class DMAD(Detector):
         if anomalies is not None:
             images, masks = _split_anomalies(anomalies)
             anomaly_items = as_item_list(images, "anomalies")
-            mask_batch = load_masks(masks, len(anomaly_items), self.size)
+            mask_batch = load_masks(masks, len(anomaly_items), self.input_size)
             anomaly_features, _ = self._features(anomaly_items, "anomaly features")
             seen, seen_image = filter_anomalous(anomaly_features, mask_batch, grid, cfg.mask_threshold)
             if len(seen) == 0:
@@ -268,10 +264,10 @@ class DMAD(Detector):
         ``extras["patch_scores"]`` [B, H0, W0]."""
         self._check_fitted()
         cfg = self.config
-        _, pixels, sizes = next(iter_batches(items, self.size, len(items)))
+        _, pixels, sizes = next(iter_batches(items, self.input_size, len(items)))
         q, grid = self.encoder(pixels.to(self.device))
         patch = self._patch_scores(q).reshape(q.shape[0], 1, *grid).float()
-        out_size = sizes[0] if len(set(sizes)) == 1 else self.size
+        out_size = sizes[0] if len(set(sizes)) == 1 else self.input_size
         amap, score = self._upsample(patch, out_size)
         image_score = cfg.image_score or ("max" if self.mode == "memory_bank" else "topk_mean")
         if image_score == "topk_mean":
