@@ -31,7 +31,7 @@ import torch
 from ad_fast import DMAD
 from ad_fast.data import make_demo_dataset, read_image
 from ad_fast.metrics import auroc
-from bench_utils import FAST, pick
+from bench_utils import FAST, margin, pick
 
 N_TRAIN, N_GOOD, N_PER_DEFECT, SIZE = pick((209, 23, 20, 900), (4, 1, 1, 64))
 IMAGE_SIZE = pick(256, 64)
@@ -55,13 +55,6 @@ def _test_files(category: Path) -> tuple[list[Path], torch.Tensor]:
 def _model(coreset_ratio: float) -> DMAD:
     return DMAD(backbone="efficientnet_lite0", mode="memory_bank", image_size=IMAGE_SIZE,
                 coreset_ratio=coreset_ratio, progress=False)
-
-
-def margin(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    """(lowest defect score - highest good score) / std(good scores): > 0 separates the classes."""
-    good, bad = scores[labels == 0].double(), scores[labels == 1].double()
-    spread = float(good.std()) if len(good) > 1 else 1.0
-    return (float(bad.min()) - float(good.max())) / max(spread, 1e-12)
 
 
 # ---------------------------------------------------------------------------------- the scripts users write

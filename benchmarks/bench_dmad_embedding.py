@@ -30,7 +30,7 @@ import pytest
 from ad_fast import DMAD
 from ad_fast.data import make_demo_dataset, open_dataset
 from ad_fast.evaluation import evaluate
-from bench_utils import FAST, pick
+from bench_utils import FAST, margin, pick
 
 SETS = pick(
     {"demo": (("brick", "gravel", "marble"), 32, 10, 5, 256), "large": (("brick",), 209, 23, 20, 900)},
@@ -39,13 +39,6 @@ SETS = pick(
 IMAGE_SIZE = pick(256, 64)
 EMBED_DIMS = pick([1536, 1024, 608, 304, 152], [32])
 OPTIONS = pick(dict(backbone="efficientnet_lite0"), dict(backbone="test_resnet", weights="random"))
-
-
-def margin(scores: np.ndarray, labels: np.ndarray) -> float:
-    """(lowest defect score - highest good score) / std(good scores): > 0 separates the classes."""
-    good, bad = scores[~labels].astype(np.float64), scores[labels].astype(np.float64)
-    spread = float(good.std(ddof=1)) if len(good) > 1 else 1.0
-    return (float(bad.min()) - float(good.max())) / max(spread, 1e-12)
 
 
 @pytest.fixture(scope="module", params=list(SETS))

@@ -19,7 +19,6 @@ Old-vs-new kernel comparison (two builds, identical picks): benchmarks/kcenter_a
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
@@ -64,6 +63,7 @@ def patch_rows(n: int = PATCH_ROWS, image_size: int = PATCH_IMAGE_SIZE) -> tuple
         saved = torch.load(cache, weights_only=True)
         return saved["z"], saved["init"]
     from ad_fast import DMAD
+    from ad_fast._io import atomic_path
     from ad_fast.data import make_demo_dataset, read_image
     from ad_fast.models.dmad.banks import coreset_input
 
@@ -78,9 +78,8 @@ def patch_rows(n: int = PATCH_ROWS, image_size: int = PATCH_IMAGE_SIZE) -> tuple
                                                          for f in files[s : s + 8]]))[0].flatten(0, 1)
                               for s in range(0, len(files), 8)])[:n]
     z, init = coreset_input(features)
-    partial = cache.with_suffix(f".{os.getpid()}.tmp")
-    torch.save({"z": z, "init": init}, partial)
-    os.replace(partial, cache)
+    with atomic_path(cache) as partial:
+        torch.save({"z": z, "init": init}, partial)
     return z, init
 
 

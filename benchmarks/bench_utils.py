@@ -1,4 +1,4 @@
-"""Shared benchmark helpers: fast mode for CI, peak-memory measurement, device synchronisation."""
+"""Shared benchmark helpers: fast mode for CI, peak-memory measurement, device synchronisation, class margin."""
 
 from __future__ import annotations
 
@@ -12,6 +12,17 @@ FAST = os.environ.get("AD_FAST_BENCH_FAST") == "1"
 def pick(full, fast):
     """``fast`` under AD_FAST_BENCH_FAST=1 (CI smoke run), else ``full``."""
     return fast if FAST else full
+
+
+def margin(scores, labels) -> float:
+    """(lowest defect score - highest good score) / std(good scores): > 0 separates the classes.
+
+    ``scores`` and ``labels`` (1 = defect): tensors or arrays of one value per image.
+    """
+    scores, labels = torch.as_tensor(scores).double(), torch.as_tensor(labels)
+    good, bad = scores[labels == 0], scores[labels == 1]
+    spread = float(good.std()) if len(good) > 1 else 1.0
+    return (float(bad.min()) - float(good.max())) / max(spread, 1e-12)
 
 
 def rss_kib(field: str) -> int:
