@@ -119,10 +119,67 @@ def test_backbone_local_weights_file(tmp_path):
     path = tmp_path / "r18.pth"
     torch.save({"state_dict": {"module." + k: v for k, v in net.state_dict().items()}}, path)
     features, _, _ = build_backbone("resnet18", ("layer2", "layer3"), path)
-    torch.testing.assert_close(features.state_dict()["layer3.0.conv1.weight"], net.state_dict()["layer3.0.conv1.weight"])
+    plain = import_timm().create_model("resnet18", pretrained=False, features_only=True, out_indices=(2, 3)).eval()
+    plain.load_state_dict({k: v for k, v in net.state_dict().items() if k in plain.state_dict()})
+    image = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():  # the file's weights, with the norms folded into the convolutions
+        for ours, theirs in zip(features(image), plain(image)):
+            torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5 * float(theirs.abs().max()))
     torch.save({"layer1.0.conv1.weight": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="missing"):
         build_backbone("resnet18", None, tmp_path / "bad.pth")
+
+
+@pytest.mark.parametrize("name, weights", [("efficientnet_lite0", None), ("resnet18", "random")])
+def test_backbone_norms_folded_into_convolutions(name, weights):
+    """Every BatchNorm is folded; the features match the unfolded timm model to float rounding."""
+    import ad_fast.models.dmad.backbone as backbone_module
+
+    torch.manual_seed(0)
+    folded, _, _ = build_backbone(name, None, weights)
+    torch.manual_seed(0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(backbone_module, "fold_batch_norms", lambda model: 0)
+        plain, _, _ = build_backbone(name, None, weights)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
+    image = torch.rand(3, 3, 96, 80)
+    with torch.inference_mode():
+        for ours, theirs in zip(folded(image), plain(image)):
+            # float32 rounding of the scaled weights: relative 1e-5 of the layer's largest value
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5 * float(theirs.abs().max()))
+
+
+def test_fold_batch_norms_skips_a_norm_not_fed_by_its_convolution():
+    from ad_fast.models.dmad.backbone import fold_batch_norms
+
+    class Crossed(torch.nn.Module):  # registered conv -> bn, but the norm reads the input, not the conv
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 1)
+            self.bn = torch.nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            return [self.conv(self.bn(x))]
+
+    class Reused(torch.nn.Module):  # the conv's output feeds the norm and also the sum after it
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 1)
+            self.bn = torch.nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return [self.bn(y) + y]
+
+    for model in (Crossed().eval(), Reused().eval()):
+        model.bn.running_mean.fill_(0.5)
+        model.bn.running_var.fill_(4.0)
+        image = torch.rand(2, 3, 8, 8)
+        expected = model(image)
+        assert fold_batch_norms(model) == 0
+        assert isinstance(model.bn, torch.nn.BatchNorm2d)
+        torch.testing.assert_close(model(image), expected)
 
 
 # ----------------------------------------------------------------------------------------------- encoder
@@ -150,6 +207,43 @@ def test_encoder_matches_patchcore_resize_then_pool_order():
         pooled.append(F.adaptive_avg_pool1d(u.permute(0, 2, 3, 1).reshape(-1, 1, c * 9), 60))
     expected = F.adaptive_avg_pool1d(torch.stack(pooled, 1).reshape(-1, 1, 120), 60).reshape(2, 30, 60)
     torch.testing.assert_close(q.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_isometric_coordinates_keep_every_distance():
+    """The isometric encoder's output times its basis is the full embedding (so all distances are kept), in 360 + 768
+    values for efficientnet_lite0's 40- and 112-channel layers; the coreset built from it picks the same rows."""
+    from ad_fast.models.dmad.banks import coreset_indices
+
+    net, mean, std = build_backbone("efficientnet_lite0", None, None)
+    full = PatchFeatureEncoder(net, mean, std, 1536)
+    isometric = PatchFeatureEncoder(net, mean, std, 1536, isometric=True)
+    assert isometric.feature_dim((40, 112)) == 40 * 9 + 768 and full.feature_dim((40, 112)) == 1536
+    basis = isometric.basis((40, 112))
+    torch.testing.assert_close(basis @ basis.T, torch.eye(1128, dtype=torch.float64), rtol=0, atol=1e-12)
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 96, 112)
+    features = full(images)[0].reshape(-1, 1536)
+    coordinates = isometric(images)[0].reshape(-1, 1128)
+    scale = float(features.abs().max())  # float32 convolutions: rounding of the largest value
+    torch.testing.assert_close((coordinates.double() @ basis).float(), features, rtol=0, atol=1e-5 * scale)
+    a, b = features[:100].double(), features[100:].double()
+    torch.testing.assert_close(torch.cdist(coordinates[:100].double(), coordinates[100:].double()), torch.cdist(a, b),
+                               rtol=1e-5, atol=1e-5 * scale)
+    assert torch.equal(coreset_indices(coordinates, 0.1, progress=False, basis=basis),
+                       coreset_indices(features, 0.1, progress=False))
+
+
+def test_isometric_weights_keep_the_full_embedding_when_layers_share_a_column():
+    from ad_fast.models.dmad.encoder import aggregation_weights, isometric_weights
+
+    # three layers into 1000 values: the final pooling's window 333 averages values of layers 0 and 1
+    weights, basis = isometric_weights([4, 6, 8], 1000)
+    assert torch.equal(basis, torch.eye(1000, dtype=torch.float64))
+    for (w, columns), (expected_w, expected_columns) in zip(weights, aggregation_weights([4, 6, 8], 1000)):
+        assert torch.equal(w, expected_w) and torch.equal(columns, expected_columns)
+    # a layer with more neighbourhood values than its columns keeps them: 2 x 9 < 30 is reduced, 8 x 9 > 30 is not
+    weights, basis = isometric_weights([2, 8], 60)
+    assert [w.shape[0] for w, _ in weights] == [18, 30] and basis.shape == (48, 60)
 
 
 def test_filter_keeps_patches_whose_bilinear_mask_is_positive():
@@ -234,6 +328,48 @@ def test_kernel_and_reference_paths_agree(unsupervised_model, demo):
     # coreset selection and bank scoring, end to end: same bank rows, same maps
     torch.testing.assert_close(kernel_bank.normal_bank.rows, ref_bank.normal_bank.rows)
     torch.testing.assert_close(kernel_bank_scores, ref_bank_scores, rtol=1e-4, atol=1e-4)
+
+
+def test_memory_bank_mode_stores_isometric_coordinates_and_loads_old_full_width_banks(demo, tmp_path):
+    """The bank holds feature_dim < embed_dim coordinates (lite0's 40·9 layer-2 values instead of its 384 columns),
+    scoring as the full features do; a file with embed_dim-wide rows (as written before) loads into the same
+    coordinates and scores the same."""
+    from safetensors.torch import save_file
+
+    import ad_fast.models.dmad.model as dmad_module
+
+    options = {**SMALL, "embed_dim": 768, "image_size": 64}
+    model = DMAD(mode="memory_bank", **options).fit(demo["train"])
+    assert model.feature_dim == 40 * 9 + 384 and model.normal_bank.rows.shape[1] == model.feature_dim
+    with pytest.MonkeyPatch.context() as patch:  # the same model on the full 768-d features
+        patch.setattr(dmad_module.PatchFeatureEncoder, "__init__", _full_width_init)
+        full = DMAD(mode="memory_bank", **options).fit(demo["train"])
+    assert full.normal_bank.rows.shape[1] == 768
+    images = demo["test"][:6]
+    torch.testing.assert_close(model.predict(images).pred_score, full.predict(images).pred_score,
+                               rtol=1e-4, atol=1e-4)
+    path = tmp_path / "new.safetensors"
+    model.save(path)
+    meta, tensors = read_safetensors(path)
+    basis = model.encoder.basis(model._layer_channels)
+    tensors = {k: v for k, v in tensors.items() if not k.endswith("_sq_norms")}
+    tensors["normal_bank"] = (tensors["normal_bank"].double() @ basis).float()
+    assert tensors["normal_bank"].shape[1] == 768
+    legacy = tmp_path / "legacy_full_width.safetensors"
+    save_file(tensors, str(legacy), metadata=meta)
+    images = demo["test"][:4]
+    for mmap in (False, True):
+        loaded = DMAD.load(legacy, progress=False, mmap=mmap)
+        torch.testing.assert_close(loaded.normal_bank.rows, model.normal_bank.rows, rtol=0, atol=1e-5)
+        torch.testing.assert_close(loaded.predict(images).pred_score, model.predict(images).pred_score,
+                                   rtol=1e-5, atol=1e-5)
+
+
+def _full_width_init(self, *args, isometric=False, **kwargs):
+    _ENCODER_INIT(self, *args, **kwargs)
+
+
+_ENCODER_INIT = PatchFeatureEncoder.__init__
 
 
 def test_save_load_round_trip(unsupervised_model, memory_bank_model, demo, tmp_path):

@@ -38,7 +38,8 @@ def extract_features(encoder: PatchFeatureEncoder, items: list, size: tuple[int,
 
 
 def coreset_input(features: torch.Tensor, seed: int = 0, projection_dim: int = 128, n_starts: int = 10,
-                  device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  device: torch.device | str | None = None,
+                  basis: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """What :func:`coreset_indices` hands the greedy k-center search: projected rows and starting min-distances.
 
     Rows are projected to ``projection_dim`` (Gaussian JL matrix, streamed in chunks); the running min-distance
@@ -48,12 +49,19 @@ def coreset_input(features: torch.Tensor, seed: int = 0, projection_dim: int = 1
     Args:
         features (Tensor[M, C]): any float dtype; streamed in chunks to ``device`` (default: its own) for the
             projection, so only the ``[M, projection_dim]`` projection lives there.
+        basis (Tensor[C, E]) or None: ``features @ basis`` are the rows meant (isometric encoder coordinates, see
+            :class:`~.encoder.PatchFeatureEncoder`); they are projected by the same JL matrix as E-d rows, folded
+            into one ``[C, projection_dim]`` matrix, so the picks are those of the E-d features.
     Returns:
         (float32 Tensor[M, projection_dim], float32 Tensor[M]) on ``device``.
     """
     rows = features.shape[0]
     device = features.device if device is None else torch.device(device)
-    weight = random_projection(features.shape[1], projection_dim, seed).to(device)
+    if basis is None:
+        weight = random_projection(features.shape[1], projection_dim, seed)
+    else:
+        weight = (basis @ random_projection(basis.shape[1], projection_dim, seed).double()).float()
+    weight = weight.to(device)
     z = torch.cat([features[s : s + _PROJECT_CHUNK].to(device, torch.float32) @ weight
                    for s in range(0, rows, _PROJECT_CHUNK)])
     generator = torch.Generator().manual_seed(seed)
@@ -62,8 +70,8 @@ def coreset_input(features: torch.Tensor, seed: int = 0, projection_dim: int = 1
 
 
 def coreset_indices(features: torch.Tensor, ratio: float, seed: int = 0, projection_dim: int = 128,
-                    n_starts: int = 10, progress: bool = True,
-                    device: torch.device | str | None = None) -> torch.Tensor:
+                    n_starts: int = 10, progress: bool = True, device: torch.device | str | None = None,
+                    basis: torch.Tensor | None = None) -> torch.Tensor:
     """PatchCore's approximate greedy coreset: int64 indices of ``int(M · ratio)`` rows of ``features``.
 
     The greedy k-center picks of :func:`ad_fast.ops.kcenter_greedy` over :func:`coreset_input` (projected rows,
@@ -73,6 +81,7 @@ def coreset_indices(features: torch.Tensor, ratio: float, seed: int = 0, project
     Args:
         features (Tensor[M, C]): any float dtype; streamed in chunks to ``device`` (default: its own) for the
             projection, so only the ``[M, projection_dim]`` projection lives there.
+        basis: as :func:`coreset_input`.
     """
     rows = features.shape[0]
     count = int(rows * ratio)
@@ -80,7 +89,7 @@ def coreset_indices(features: torch.Tensor, ratio: float, seed: int = 0, project
         return torch.empty(0, dtype=torch.long)
     if ratio >= 1.0:
         return torch.arange(rows)
-    z, min_dist = coreset_input(features, seed, projection_dim, n_starts, device)
+    z, min_dist = coreset_input(features, seed, projection_dim, n_starts, device, basis)
     with tqdm(total=count, desc="coreset", unit="patch", disable=not progress, leave=False) as bar:
         picks = kcenter_greedy(z, n_select=count, projection_dim=None, init_distances=min_dist)
         bar.update(count)

@@ -60,7 +60,8 @@ class DMAD(Detector):
         mode: ``"dmad"`` (banks + knowledge enhancement + trained score mapper) or ``"memory_bank"``
             (training-free: distance to the normal bank, PatchCore-style).
         image_size: images are resized to ``image_size`` x ``image_size`` (256: patch grid 32 x 32).
-        embed_dim: patch feature dim C (1536).
+        embed_dim: patch feature dim C (1536). ``"memory_bank"`` mode stores and searches coordinates with the
+            same distances in ``feature_dim`` <= C values where the backbone allows (1128 for efficientnet_lite0).
         coreset_ratio: M_n keeps ``int(M · ratio)`` of all normal patches (2 %).
         outlier_ratio, outlier_beta, n_textures, textures: M_o = coreset (10 %) of
             β·F(texture) + (1-β)·F(random normal), β = 0.6, from ``n_textures`` images of ``textures`` (a
@@ -106,7 +107,8 @@ class DMAD(Detector):
         with torch.random.fork_rng(devices=[]):  # weights="random" rebuilds the same backbone from the config
             torch.manual_seed(seed)
             net, mean, std = build_backbone(backbone, None if layers is None else tuple(layers), weights)
-        self.encoder = PatchFeatureEncoder(net, mean, std, embed_dim)
+        # memory_bank mode only measures distances: its features are the isometric coordinates (fewer dims)
+        self.encoder = PatchFeatureEncoder(net, mean, std, embed_dim, isometric=mode == "memory_bank")
         self.normal_bank: MemoryBank | None = None
         self.abnormal_bank: MemoryBank | None = None
         self.enhancer: KnowledgeEnhancer | None = None
@@ -146,9 +148,19 @@ class DMAD(Detector):
         return extract_features(self.encoder, items, self.input_size, self.config.batch_size, dtype, desc,
                                 self.progress, self.device)
 
+    @property
+    def _layer_channels(self) -> tuple[int, ...]:
+        return tuple(self.encoder.backbone.feature_info.channels())
+
+    @property
+    def feature_dim(self) -> int:
+        """Values per patch feature and bank row: ``embed_dim``, or fewer in ``"memory_bank"`` mode where the
+        encoder gives coordinates with the same distances (1128 for efficientnet_lite0 at 1536)."""
+        return self.encoder.feature_dim(self._layer_channels)
+
     def _bank(self, rows: torch.Tensor) -> MemoryBank:
         dtype = _DTYPES[self.config.bank_dtype]
-        return MemoryBank(self.config.embed_dim, dtype, "l2", self.device).add(rows.float())
+        return MemoryBank(rows.shape[1], dtype, "l2", self.device).add(rows.float())
 
     def _build_modules(self, attention: str) -> None:
         dim = self.config.embed_dim
@@ -195,8 +207,8 @@ class DMAD(Detector):
         store_dtype = _DTYPES[cfg.feature_dtype]
         features, grid = self._features(items, "normal features", store_dtype)
         flat = features.reshape(-1, features.shape[-1])
-        keep = coreset_indices(flat, cfg.coreset_ratio, cfg.seed, progress=self.progress,
-                               device=self.device)
+        keep = coreset_indices(flat, cfg.coreset_ratio, cfg.seed, progress=self.progress, device=self.device,
+                               basis=self.encoder.basis(self._layer_channels) if self.encoder.isometric else None)
         if len(keep) == 0:
             raise ValueError(f"dataset: {len(items)} image(s) give {flat.shape[0]} patches, too few for "
                              f"coreset_ratio={cfg['coreset_ratio']}")
@@ -305,15 +317,18 @@ class DMAD(Detector):
     def _restore(self, tensors: dict[str, torch.Tensor], state: dict[str, Any], mmap: bool) -> None:
         """``mmap``: the banks wrap the file's rows as they are (in the file's dtype) instead of being copied
         into new banks of the config's ``bank_dtype``."""
-        dim = self.config.embed_dim
+        dim, basis = self.feature_dim, self.encoder.basis(self._layer_channels)
         if "normal_bank" not in tensors:
             raise ValueError("path: the DMAD file lacks its normal bank")
         for name in BANKS:
             if name in tensors:
                 rows = tensors[name]
+                legacy = rows.dim() == 2 and rows.shape[1] == basis.shape[1] != dim
+                if legacy:  # embed_dim-d rows, from before memory_bank mode stored the isometric coordinates
+                    rows = (rows.double() @ basis.T).float()
                 if rows.dim() != 2 or rows.shape[1] != dim:
                     raise ValueError(f"path: {name} has shape {tuple(rows.shape)}, expected [K, {dim}]")
-                if mmap:  # stored norms are used only when their checksum holds (ops.memory_bank)
+                if mmap and not legacy:  # stored norms are used only when their checksum holds (ops.memory_bank)
                     digest = (state.get("sq_norms_sha256") or {}).get(name)
                     norms = verified_sq_norms(rows, tensors.get(name + NORMS_SUFFIX), digest,
                                               f"path: the DMAD file's {name}", mmap=True)
