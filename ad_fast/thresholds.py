@@ -43,7 +43,28 @@ def _values(x: Any, name: str) -> np.ndarray:
         array = np.concatenate(parts) if parts else np.empty(0)
     else:
         array = metrics._as_numpy(x).reshape(-1)
-    array = array.astype(np.float64)
+    array = array.astype(np.float64, copy=False)  # read-only use: a view where it already is float64
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name}: contains NaN or infinite values")
+    return array
+
+
+def _raw_values(x: Any, name: str) -> np.ndarray:
+    """As :func:`_values`, but float32 data stays float32 (float32 -> float64 is exact and monotone, so sorting,
+    comparisons and counts give the same results in either; the values are widened only where arithmetic is done).
+    Any other dtype becomes float64 as in :func:`_values`. May be a view of the input."""
+    if x is None:
+        return np.empty(0)
+    if isinstance(x, (list, tuple)):
+        parts = [metrics._as_numpy(v).reshape(-1) for v in x]
+        if not parts:
+            return np.empty(0)
+        parts = [p if p.dtype in (np.float32, np.float64) else p.astype(np.float64) for p in parts]
+        array = np.concatenate(parts)
+    else:
+        array = metrics._as_numpy(x).reshape(-1)
+        if array.dtype not in (np.float32, np.float64):
+            array = array.astype(np.float64)
     if not np.isfinite(array).all():
         raise ValueError(f"{name}: contains NaN or infinite values")
     return array
@@ -81,20 +102,41 @@ def f1_threshold(normal: Any, anomalous: Any) -> float:
 def shift_threshold(threshold: float, normal: Any, sensitivity: float) -> float:
     """``threshold + (1 - 2 sensitivity) · (threshold - median(normal))`` (see the module docstring)."""
     sensitivity = _check_sensitivity(sensitivity)
-    median = float(np.median(_values(normal, "normal")))
+    return _shift(threshold, float(np.median(_values(normal, "normal"))), sensitivity)
+
+
+def _shift(threshold: float, median: float, sensitivity: float) -> float:
     return float(threshold + (1.0 - 2.0 * sensitivity) * (threshold - median))
 
 
-def _half_width(threshold: float, *value_sets: np.ndarray) -> float:
-    width = max((float(np.abs(v - threshold).max()) for v in value_sets if v.size), default=0.0)
-    return width if width > 0 else max(abs(threshold), 1.0) * _FLAT_WIDTH
+def _level(normal: np.ndarray, anomalous: np.ndarray, quantile: float, sensitivity: float,
+           is_sorted: bool = True) -> tuple[float, float]:
+    """(threshold, half-width) for one level (image scores or pixels). The same floats as ``f1_threshold`` /
+    ``quantile_threshold``, then ``shift_threshold``, then the half-width over all values, without a float64 copy
+    and a sort or partition per step.
 
-
-def _level(normal: np.ndarray, anomalous: np.ndarray, quantile: float, sensitivity: float) -> tuple[float, float]:
-    """(threshold, half-width) for one level (image scores or pixels)."""
-    base = f1_threshold(normal, anomalous) if anomalous.size else quantile_threshold(normal, quantile)
-    threshold = shift_threshold(base, normal, sensitivity)
-    return threshold, _half_width(threshold, normal, anomalous)
+    ``normal`` and ``anomalous`` have one float dtype and are sorted ascending (``normal`` may be unsorted when
+    ``is_sorted`` is false and ``anomalous`` is empty: the normals-only rule needs no sort): then the median and the
+    extremes are read off the sorted normals."""
+    if anomalous.size:
+        best = metrics._pr_sums(anomalous, normal)[2]  # what f1_max returns on the float64 values: same order, counts
+        key = normal.dtype.type(best)  # best is one of the anomalous values, so exact in their dtype
+        below = [float(v[i - 1]) for v in (normal, anomalous) for i in [int(np.searchsorted(v, key, side="left"))] if i]
+        base = float((max(below) + best) / 2) if below else float(best)
+    else:
+        wide = normal.astype(np.float64, copy=False)
+        base = quantile_threshold(wide, quantile)
+    if is_sorted:
+        index = normal.size // 2
+        middle = normal[index:index + 1] if normal.size % 2 else normal[index - 1:index + 1]
+        median = float(np.mean(middle.astype(np.float64), axis=0))  # np.median: the mean of the middle element(s)
+        extremes = [float(v[i]) for v in (normal, anomalous) if v.size for i in (0, -1)]
+    else:
+        median, extremes = float(np.median(wide)), [float(normal.min()), float(normal.max())]
+    threshold = _shift(base, median, sensitivity)
+    # |v - t| is largest at the smallest or the largest v (v - t rounds monotonically in v)
+    width = max((abs(v - threshold) for v in extremes), default=0.0)
+    return threshold, width if width > 0 else max(abs(threshold), 1.0) * _FLAT_WIDTH
 
 
 def learn_decision(normal_scores: Any, normal_maps: Any, anomalous_scores: Any = None, anomalous_maps: Any = None,
@@ -114,21 +156,27 @@ def learn_decision(normal_scores: Any, normal_maps: Any, anomalous_scores: Any =
         source: recorded in the decision (default: ``"normal-quantile"`` or ``"f1-labelled"``).
     """
     _check_sensitivity(sensitivity)
-    normal_s, normal_p = _values(normal_scores, "normal_scores"), _values(normal_maps, "normal_maps")
+    normal_s, normal_p = _values(normal_scores, "normal_scores"), _raw_values(normal_maps, "normal_maps")
     if normal_s.size == 0 or normal_p.size == 0:
         raise ValueError("normal_scores and normal_maps: calibration needs at least one normal image")
     anomalous_s = _values(anomalous_scores, "anomalous_scores")
-    pixel_pos, pixel_neg = np.empty(0), normal_p
+    pixel_pos, pixel_neg = np.empty(0, normal_p.dtype), normal_p
     if anomalous_maps is not None:
         if anomalous_masks is None:
             raise ValueError("anomalous_masks: required with anomalous_maps (one binary mask per map)")
-        maps, masks = _values(anomalous_maps, "anomalous_maps"), _values(anomalous_masks, "anomalous_masks") > 0.5
+        maps = _raw_values(anomalous_maps, "anomalous_maps")
+        masks = _raw_values(anomalous_masks, "anomalous_masks") > 0.5
         if maps.size != masks.size:
             raise ValueError(f"anomalous_maps and anomalous_masks: expected the same number of pixels, "
                              f"got {maps.size} and {masks.size}")
-        pixel_pos, pixel_neg = maps[masks], np.concatenate([normal_p, maps[~masks]])
-    image_t, image_w = _level(normal_s, anomalous_s, image_quantile, sensitivity)
-    pixel_t, pixel_w = _level(pixel_neg, pixel_pos, pixel_quantile, sensitivity)
+        dtype = np.result_type(normal_p, maps)
+        pixel_pos = maps[masks].astype(dtype, copy=False)
+        pixel_neg = np.concatenate([normal_p, maps[~masks]], dtype=dtype)
+        if pixel_pos.size:  # the F1 rule: sort both (pixel_neg is a fresh array)
+            pixel_pos.sort()
+            pixel_neg.sort()
+    image_t, image_w = _level(np.sort(normal_s), np.sort(anomalous_s), image_quantile, sensitivity)
+    pixel_t, pixel_w = _level(pixel_neg, pixel_pos, pixel_quantile, sensitivity, is_sorted=pixel_pos.size > 0)
     labelled = anomalous_s.size > 0 or pixel_pos.size > 0
     return Decision(image_threshold=image_t, pixel_threshold=pixel_t, image_low=image_t - image_w,
                     image_high=image_t + image_w, pixel_low=pixel_t - pixel_w, pixel_high=pixel_t + pixel_w,

@@ -118,3 +118,53 @@ def test_calibrate_with_synthetic_anomalies():
     decision = calibrate(Brightness(), normal, anomalous="synthetic")
     assert decision.source == "f1-synthetic"
     assert decision.image_threshold > 0.5  # normal maps are 0.5 everywhere; pasted textures differ
+
+
+def _decision_oracle(normal_scores, normal_maps, anomalous_scores=None, anomalous_maps=None, anomalous_masks=None,
+                     sensitivity=0.5, image_quantile=0.99, pixel_quantile=0.999):
+    """learn_decision's rules spelled out on float64 copies with the public step functions (the former code)."""
+    def values(x):
+        if x is None:
+            return np.empty(0)
+        parts = x if isinstance(x, list) else [x]
+        return np.concatenate([np.asarray(torch.as_tensor(p).double()).reshape(-1) for p in parts])
+
+    def level(neg, pos, quantile):
+        base = f1_threshold(neg, pos) if pos.size else quantile_threshold(neg, quantile)
+        t = shift_threshold(base, neg, sensitivity)
+        width = max((float(np.abs(v - t).max()) for v in (neg, pos) if v.size), default=0.0)
+        return t, width if width > 0 else max(abs(t), 1.0) * 1e-3
+
+    normal_p, pos, neg = values(normal_maps), np.empty(0), None
+    if anomalous_maps is not None:
+        maps, masks = values(anomalous_maps), values(anomalous_masks) > 0.5
+        pos, neg = maps[masks], np.concatenate([normal_p, maps[~masks]])
+    image = level(values(normal_scores), values(anomalous_scores), image_quantile)
+    pixel = level(normal_p if neg is None else neg, pos, pixel_quantile)
+    return image[0], image[0] - image[1], image[0] + image[1], pixel[0], pixel[0] - pixel[1], pixel[0] + pixel[1]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_learn_decision_matches_the_float64_rules_exactly(seed):
+    """The sorted-float32 path gives the very same floats as the float64 rules, ties and odd sizes included."""
+    rng = np.random.default_rng(seed)
+    levels = [None, 7, 300][seed % 3]  # quantised values: many ties between and within normals and anomalies
+
+    def draw(*shape, scale=1.0):
+        x = rng.random(shape) * scale
+        return (np.round(x * levels) / levels if levels else x).astype(np.float32)
+
+    n, m = int(rng.integers(1, 6)), int(rng.integers(1, 5))
+    normal_scores, anomalous_scores = draw(n), draw(m, scale=1.5)
+    normal_maps = [draw(int(rng.integers(1, 40)), int(rng.integers(1, 40))) for _ in range(n)]
+    anomalous_maps = draw(m, 1, 17, 23, scale=1.3)
+    masks = (rng.random(anomalous_maps.shape) < [0.0, 0.05, 0.3, 1.0][seed % 4]).astype(np.float32)
+    sensitivity = float(rng.uniform(0, 1))
+    for args in [(normal_scores, normal_maps), (normal_scores, normal_maps, anomalous_scores),
+                 (normal_scores, normal_maps, anomalous_scores, anomalous_maps, masks),
+                 (normal_scores, normal_maps, None, torch.from_numpy(anomalous_maps).double(), torch.from_numpy(masks)),
+                 (torch.from_numpy(normal_scores), torch.from_numpy(normal_maps[0]).half())]:
+        got = learn_decision(*args, sensitivity=sensitivity)
+        expected = _decision_oracle(*args, sensitivity=sensitivity)
+        assert (got.image_threshold, got.image_low, got.image_high, got.pixel_threshold, got.pixel_low,
+                got.pixel_high) == expected

@@ -23,22 +23,43 @@ def perlin_noise(shape: tuple[int, int], res: tuple[int, int], rng: RandomState 
         raise ValueError(f"shape and res: expected positive sizes, got shape={shape!r}, res={res!r}")
     rng = as_generator(rng)
     theta = rng.uniform(0.0, 2.0 * math.pi, size=(res_y, res_x))
-    gradients = np.stack([np.cos(theta), np.sin(theta)], axis=-1)
+    grad_y, grad_x = np.cos(theta), np.sin(theta)  # gradient components per lattice point
 
-    ii, jj = np.meshgrid(np.arange(height) + 0.5 - height / 2, np.arange(width) + 0.5 - width / 2, indexing="ij")
+    ii, jj = np.arange(height) + 0.5 - height / 2, np.arange(width) + 0.5 - width / 2
     cos, sin = math.cos(math.radians(angle)), math.sin(math.radians(angle))
-    y = (cos * ii - sin * jj + height / 2) * (res_y / height)
-    x = (sin * ii + cos * jj + width / 2) * (res_x / width)
+    if sin == 0.0:
+        # Unrotated: y depends on the row only and x on the column only (sin·jj and sin·ii are ±0, which the
+        # half-size offset absorbs), so the lattice coordinates, fades and row-side products are computed per row /
+        # per column and only the gathers and the interpolation run over the full image. Same values as the 2-D form.
+        y = (cos * ii + height / 2) * (res_y / height)
+        x = (cos * jj + width / 2) * (res_x / width)
+    else:
+        y = (cos * ii[:, None] - sin * jj[None, :] + height / 2) * (res_y / height)
+        x = (sin * ii[:, None] + cos * jj[None, :] + width / 2) * (res_x / width)
     y0, x0 = np.floor(y).astype(np.int64), np.floor(x).astype(np.int64)
     fy, fx = y - y0, x - x0
-
-    def corner(dy: int, dx: int) -> np.ndarray:
-        g = gradients[(y0 + dy) % res_y, (x0 + dx) % res_x]
-        return g[..., 0] * (fy - dy) + g[..., 1] * (fx - dx)
-
+    rows = (y0 % res_y, (y0 + 1) % res_y)
+    cols = (x0 % res_x, (x0 + 1) % res_x)
+    fys, fxs = (fy, fy - 1), (fx, fx - 1)
     ty, tx = _fade(fy), _fade(fx)
-    top = corner(0, 0) + tx * (corner(0, 1) - corner(0, 0))
-    bottom = corner(1, 0) + tx * (corner(1, 1) - corner(1, 0))
+
+    if sin == 0.0:
+        def corner(dy: int, dx: int) -> np.ndarray:  # gradient · offset, gradient of lattice point (y0+dy, x0+dx)
+            along_y = grad_y[rows[dy]] * fys[dy][:, None]  # [H, res_x]: the products only depend on the row
+            return along_y[:, cols[dx]] + grad_x[rows[dy]][:, cols[dx]] * fxs[dx]
+
+        ty, tx = ty[:, None], tx[None, :]
+    else:
+        grad_y, grad_x = grad_y.ravel(), grad_x.ravel()
+        flat_rows = (rows[0] * res_x, rows[1] * res_x)
+
+        def corner(dy: int, dx: int) -> np.ndarray:
+            index = flat_rows[dy] + cols[dx]
+            return grad_y.take(index) * fys[dy] + grad_x.take(index) * fxs[dx]
+
+    c00, c10 = corner(0, 0), corner(1, 0)
+    top = c00 + tx * (corner(0, 1) - c00)
+    bottom = c10 + tx * (corner(1, 1) - c10)
     return (math.sqrt(2.0) * (top + ty * (bottom - top))).astype(np.float32)
 
 

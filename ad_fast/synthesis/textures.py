@@ -31,8 +31,39 @@ def _colorize(field: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def _rotated_coords(shape: tuple[int, int], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     height, width = shape
     angle = rng.uniform(0, math.pi)
-    ii, jj = np.meshgrid(np.arange(height, dtype=np.float32), np.arange(width, dtype=np.float32), indexing="ij")
+    ii, jj = np.arange(height, dtype=np.float32)[:, None], np.arange(width, dtype=np.float32)[None, :]
     return math.cos(angle) * ii - math.sin(angle) * jj, math.sin(angle) * ii + math.cos(angle) * jj
+
+
+_NEAREST_BLOCK = 1 << 21  # float64 elements of the [rows, W, points] squared-distance block
+
+
+def _nearest_point_distance(shape: tuple[int, int], points: np.ndarray) -> np.ndarray:
+    """``min over points of hypot(i - py, j - px)`` per pixel ``[H, W]``, rounded to float32.
+
+    The nearest point is found from squared distances (one vectorised pass per block of rows); ``np.hypot`` is then
+    evaluated only for the pixels' candidates: every point whose squared distance is within a relative 1e-7 of the
+    smallest. Rounding errors of the squared distances (a few ulp) and of ``hypot`` (under one ulp) are far below
+    that margin, so a point outside it cannot have the smallest ``hypot``: the result is the same float32 as taking
+    the minimum of ``hypot`` over all points (rounding to float32 is monotone, so it commutes with the minimum).
+    """
+    height, width = shape
+    count = len(points)
+    dy = np.arange(height)[:, None] - points[:, 0]  # [H, P]: the same float64 values as i - py
+    dx = np.arange(width)[:, None] - points[:, 1]  # [W, P]
+    dy2, dx2 = dy * dy, dx * dx
+    dist = np.empty(shape, dtype=np.float32)
+    step = max(1, _NEAREST_BLOCK // max(1, count * width))
+    for start in range(0, height, step):
+        stop = min(start + step, height)
+        d2 = dy2[start:stop, None, :] + dx2[None, :, :]  # [rows, W, P]
+        limit = d2.min(axis=-1) * (1.0 + 1e-7)
+        pixel, k = np.divmod(np.flatnonzero(d2 <= limit[..., None]), count)
+        row, col = np.divmod(pixel, width)
+        block = np.full((stop - start) * width, np.inf)
+        np.minimum.at(block, pixel, np.hypot(dy[start + row, k], dx[col, k]))
+        dist[start:stop] = block.reshape(stop - start, width)
+    return dist
 
 
 def procedural_texture(size: int | tuple[int, int], rng: RandomState = None, kind: str | None = None) -> torch.Tensor:
@@ -64,20 +95,21 @@ def procedural_texture(size: int | tuple[int, int], rng: RandomState = None, kin
     elif kind == "cells":
         n_points = int(rng.integers(12, 64))
         points = rng.uniform(0, 1, size=(n_points, 2)) * np.array(shape)
-        ii, jj = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
-        dist = np.full(shape, np.inf, dtype=np.float32)
-        for py, px in points:
-            np.minimum(dist, np.hypot(ii - py, jj - px).astype(np.float32), out=dist)
-        rgb = _colorize(dist, rng)
+        rgb = _colorize(_nearest_point_distance(shape, points), rng)
     else:  # dots
         background, dot = _palette(rng, 2)
         rgb = np.broadcast_to(background, (*shape, 3)).copy()
-        ii, jj = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+        rows, cols = np.arange(shape[0]), np.arange(shape[1])
         for _ in range(int(rng.integers(10, 60))):
             cy, cx = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
             radius = rng.uniform(2, max(3.0, min(shape) / 10))
-            rgb[np.hypot(ii - cy, jj - cx) < radius] = dot
-    return torch.from_numpy(np.clip(rgb, 0, 1).astype(np.float32)).permute(2, 0, 1).contiguous()
+            # only the dot's bounding box (one pixel of margin each side) can hold pixels closer than the radius
+            r0, r1 = max(int(cy - radius) - 1, 0), min(int(cy + radius) + 2, shape[0])
+            c0, c1 = max(int(cx - radius) - 1, 0), min(int(cx + radius) + 2, shape[1])
+            if r0 < r1 and c0 < c1:
+                inside = np.hypot((rows[r0:r1] - cy)[:, None], (cols[c0:c1] - cx)[None, :]) < radius
+                rgb[r0:r1, c0:c1][inside] = dot
+    return torch.from_numpy(np.ascontiguousarray(np.clip(rgb, 0, 1).astype(np.float32, copy=False).transpose(2, 0, 1)))
 
 
 class TextureSource:
