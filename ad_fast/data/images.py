@@ -173,8 +173,9 @@ def resize_image(image: torch.Tensor, size: int | tuple[int, int], antialias: bo
 
 def read_image(path: str | os.PathLike, size: int | tuple[int, int] | None = None) -> torch.Tensor:
     """Read an image file (PNG/JPG/BMP/TIFF, grey or colour) as float32 RGB ``[3, H, W]`` in [0, 1], resized to ``size``."""
-    image = _array_to_chw(load_image(path), str(path)).contiguous()
-    return image if size is None else resize_image(image, size).clamp_(0.0, 1.0)
+    image = _array_to_chw(load_image(path), str(path))  # a [3, H, W] view of the [H, W, 3] pixels
+    # Resized from that view (the same values as from a contiguous copy), so only the resized image is transposed.
+    return (image if size is None else resize_image(image, size).clamp_(0.0, 1.0)).contiguous()
 
 
 def read_mask(path: str | os.PathLike, size: int | tuple[int, int] | None = None) -> torch.Tensor:

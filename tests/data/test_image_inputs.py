@@ -55,3 +55,18 @@ def test_list_images_skips_hidden_and_mask_files(tmp_path):
 def test_resize_refuses_unbounded_sizes(size):
     with pytest.raises(ValueError, match="size"):
         resize_image(torch.rand(3, 4, 4), size)
+
+
+@pytest.mark.parametrize("size", [None, (31, 17), (64, 64), (101, 77)])
+def test_read_image_resizes_from_the_pixels_layout_to_the_same_values(tmp_path, size):
+    """read_image resizes the [H, W, 3] pixels through a [3, H, W] view: exactly what resizing a contiguous
+    [3, H, W] copy gives, and a contiguous result."""
+    from ad_fast.data import read_image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (53, 71, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    image = read_image(tmp_path / "a.png", size)
+    expected = torch.from_numpy(pixels.astype(np.float32) / np.float32(255)).permute(2, 0, 1).contiguous()
+    if size is not None:
+        expected = resize_image(expected, size).clamp_(0.0, 1.0)
+    assert image.is_contiguous() and torch.equal(image, expected)
