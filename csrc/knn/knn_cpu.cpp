@@ -1,12 +1,17 @@
-// CPU kernel of the exact kNN op. The bank is scanned in tiles: per (query block, bank tile) one GEMM (oneDNN
-// for float32, else at::mm_out into a per-thread buffer; the tile stays in cache), then a fused epilogue turns
-// the products into ranking keys (knn_common.h), checks them for NaN/Inf and updates a sorted running list of
-// the best k + kSlack candidates per query (l2/sqeuclidean rank the problem translated by the first query row, so
-// a large offset shared by the data costs no precision). Finally each query's candidates are re-scored exactly (float64
-// accumulation) and the best k are written in (distance, index) order.
+// CPU kernel of the exact kNN op. The bank is scanned in chunks, one after the other: l2/sqeuclidean (which rank
+// the problem translated by the first query row, so a large offset shared by the data costs no precision) and a
+// float16/bfloat16 bank first convert the chunk's rows once to the query dtype (centred rows b - c and their
+// squared norms for l2/sqeuclidean), a bank of the query dtype ranked by cosine/ip is read in place as one chunk.
+// Each chunk is scanned in tiles: per (query block, bank tile) one GEMM (oneDNN for float32, else at::mm_out into
+// a per-thread buffer), then a fused epilogue turns the products into ranking keys (knn_common.h), checks them for
+// NaN/Inf and updates a sorted running list of the best k + kSlack candidates per query and bank split, kept
+// across chunks. Finally each query's candidates are re-scored exactly (float64 accumulation) and the best k are
+// written in (distance, index) order.
 //
-// Memory: per thread one kQueryBlock x kBankTile product tile (+ one kBankTile x D converted tile for a
-// float16/bfloat16 bank); per query and bank split (k + kSlack) candidates. Nothing grows with M x N.
+// Memory: when the bank is converted, one chunk of converted rows (whole kBankTile tiles, at most kChunkBytes and
+// a quarter of the bank's own bytes, but at least one tile: a memory-mapped bank is never copied whole); per
+// thread one kQueryBlock x kBankTile product tile; per query and bank split (k + kSlack) candidates. Nothing grows
+// with M x N.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -32,9 +37,14 @@ namespace {
 
 constexpr int64_t kQueryBlock = 256;
 constexpr int64_t kBankTile = 512;
+// A chunk of converted (centred) bank rows: whole tiles, at most kChunkBytes and 1 / kChunkBankDivisor of the
+// bank's own bytes, but at least one tile.
+constexpr int64_t kChunkBytes = int64_t(64) << 20;
+constexpr int64_t kChunkBankDivisor = 4;
 
 // Best candidates of one query, sorted by (key, index). Indices arrive in increasing order within one bank
-// split, so an equal key never moves ahead of an earlier one: ties keep the lower index.
+// split (chunks are scanned in bank order, each split in row order), so an equal key never moves ahead of an
+// earlier one: ties keep the lower index.
 template <typename T>
 struct TopList {
   T* key;
@@ -133,40 +143,20 @@ struct Candidates {
   std::vector<int64_t> idx;    // [splits, rows, cap]
 };
 
-// Scans bank rows [n0, n1) for query rows [m0, m0 + mb): GEMM tile by tile, fused key + top-list epilogue.
-// With `centre` (l2/sqeuclidean), the tile is copied as rows b - centre and alpha holds their squared norms,
-// computed here from the copy; otherwise alpha/beta are the per-row coefficients of the whole bank.
+// Scans rows [n0, n1) of `chunk` (bank rows row0 + [n0, n1)) for query rows [m0, m0 + mb): GEMM tile by tile,
+// fused key + top-list epilogue. alpha/beta hold the key coefficients of the chunk's rows (indexed like `chunk`).
 template <typename T>
-void scan(const at::Tensor& query, const at::Tensor& bank, int64_t m0, int64_t mb, int64_t n0, int64_t n1,
-          const T* alpha, const T* beta, const std::vector<T>* centre, int64_t split, Candidates& cand,
-          std::vector<T>& cand_key, at::Tensor& prod_buf, at::Tensor& tile_buf, bool* nonfinite) {
+void scan(const at::Tensor& query, const at::Tensor& chunk, int64_t row0, int64_t m0, int64_t mb, int64_t n0,
+          int64_t n1, const T* alpha, const T* beta, int64_t split, Candidates& cand, std::vector<T>& cand_key,
+          at::Tensor& prod_buf, bool* nonfinite) {
   const at::Tensor q = query.narrow(0, m0, mb);
-  const int64_t D = query.size(1);
-  std::vector<T> tile_alpha(centre != nullptr ? kBankTile : 0);
   for (int64_t t0 = n0; t0 < n1; t0 += kBankTile) {
     const int64_t nb = std::min(kBankTile, n1 - t0);
-    at::Tensor tile = bank.narrow(0, t0, nb);
-    if (centre != nullptr || tile.scalar_type() != query.scalar_type()) tile = tile_buf.narrow(0, 0, nb).copy_(tile);
-    const T* row_alpha = alpha + t0;
-    if (centre != nullptr) {
-      T* t = tile.mutable_data_ptr<T>();
-      const T* c = centre->data();
-      for (int64_t j = 0; j < nb; ++j) {
-        double acc = 0;
-        for (int64_t d = 0; d < D; ++d) {
-          const T v = t[j * D + d] - c[d];
-          t[j * D + d] = v;
-          acc += static_cast<double>(v) * static_cast<double>(v);
-        }
-        tile_alpha[j] = static_cast<T>(acc);
-      }
-      row_alpha = tile_alpha.data();
-    }
-    at::Tensor prod = tile_products(q, tile, prod_buf);
+    at::Tensor prod = tile_products(q, chunk.narrow(0, t0, nb), prod_buf);
     T* p = prod.mutable_data_ptr<T>();
     for (int64_t r = 0; r < mb; ++r) {
       T* s = p + r * nb;
-      const T row_min = keys_of_row<T>(s, row_alpha, beta + t0, nb, nonfinite);
+      const T row_min = keys_of_row<T>(s, alpha + t0, beta + t0, nb, nonfinite);
       const int64_t slot = split * cand.rows + m0 + r;
       TopList<T> list{cand_key.data() + slot * cand.cap, cand.idx.data() + slot * cand.cap, cand.count.data() + slot,
                       static_cast<int32_t>(cand.cap)};
@@ -174,12 +164,39 @@ void scan(const at::Tensor& query, const at::Tensor& bank, int64_t m0, int64_t m
       if (!(row_min < threshold)) continue;
       for (int64_t j = 0; j < nb; ++j) {
         if (s[j] < threshold) {
-          list.push(s[j], t0 + j);
+          list.push(s[j], row0 + t0 + j);
           threshold = list.threshold();
         }
       }
     }
   }
+}
+
+// Writes bank rows [row0, row0 + rows), converted to T, into `out` [rows, D]: as b - centre with their squared
+// norms (float64 accumulation) in sq[0, rows) when `centre` is given, else as they are.
+template <typename T>
+void convert_chunk(const at::Tensor& bank, int64_t row0, int64_t rows, const T* centre, at::Tensor& out, T* sq) {
+  const at::Tensor src = bank.narrow(0, row0, rows);
+  if (centre == nullptr) {
+    out.copy_(src);
+    return;
+  }
+  const int64_t D = bank.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, bank.scalar_type(), "knn_centre_chunk", [&] {
+    const scalar_t* b = src.const_data_ptr<scalar_t>();
+    T* t = out.mutable_data_ptr<T>();
+    cpu::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t j = begin; j < end; ++j) {
+        double acc = 0;
+        for (int64_t d = 0; d < D; ++d) {
+          const T v = static_cast<T>(b[j * D + d]) - centre[d];
+          t[j * D + d] = v;
+          acc += static_cast<double>(v) * static_cast<double>(v);
+        }
+        sq[j] = static_cast<T>(acc);
+      }
+    });
+  });
 }
 
 // Exact ranking value of one candidate (smaller is better) and its reported distance, in float64.
@@ -249,17 +266,26 @@ void knn_cpu_impl(const at::Tensor& query, const at::Tensor& bank, int64_t k, Me
   // pre-selection of k + kSlack candidates would lose the true neighbours. c is a row of the data, not a mean:
   // rows near it subtract exactly (Sterbenz), and integer-valued data stay integers, so exact ties stay exact.
   const bool centred = metric == Metric::L2 || metric == Metric::SqEuclidean;
+  // The bank is read in place (one chunk) unless its rows are centred or converted: then chunk by chunk, each
+  // converted once for all query blocks, as many whole tiles as fit in kChunkBytes and in a quarter of the bank's
+  // bytes (at least one tile).
+  const bool converted = centred || bank.scalar_type() != query.scalar_type();
+  const int64_t row_bytes = D * static_cast<int64_t>(sizeof(T));
+  const int64_t chunk_bytes = std::min(kChunkBytes, N * D * bank.element_size() / kChunkBankDivisor);
+  const int64_t chunk_rows =
+      converted ? std::min(N, std::max<int64_t>(1, chunk_bytes / (row_bytes * kBankTile)) * kBankTile) : N;
   std::vector<T> alpha, beta, centre;
   at::Tensor ranked_query = query;
   if (centred) {
     const T* first = query.const_data_ptr<T>();
     centre.assign(first, first + D);
     ranked_query = (query - query.narrow(0, 0, 1)).contiguous();
-    alpha.assign(N, T(0));
-    beta.assign(N, T(-2));
+    alpha.assign(chunk_rows, T(0));  // squared norms of the current chunk's centred rows
+    beta.assign(chunk_rows, T(-2));
   } else {
     key_coefficients<T>(bank, sq_norms, metric, alpha, beta);
   }
+  at::Tensor chunk_buf = converted ? at::empty({chunk_rows, D}, query.options()) : at::Tensor();
 
   const int64_t query_block = std::min(kQueryBlock, M);
   const int64_t query_blocks = (M + query_block - 1) / query_block;
@@ -267,7 +293,6 @@ void knn_cpu_impl(const at::Tensor& query, const at::Tensor& bank, int64_t k, Me
   // Split the bank too when there are too few query blocks to keep every thread busy.
   const int64_t max_splits = std::max<int64_t>(1, N / (4 * kBankTile));
   const int64_t splits = std::min(max_splits, std::max<int64_t>(1, (2 * threads + query_blocks - 1) / query_blocks));
-  const int64_t split_rows = (N + splits - 1) / splits;
 
   Candidates cand{splits, M, std::min<int64_t>(k + kSlack, N), {}, {}};
   cand.count.assign(splits * M, 0);
@@ -275,21 +300,27 @@ void knn_cpu_impl(const at::Tensor& query, const at::Tensor& bank, int64_t k, Me
   std::vector<T> cand_key(splits * M * cand.cap);
   std::atomic<bool> nonfinite{false};
 
-  cpu::parallel_for(0, query_blocks * splits, 1, [&](int64_t begin, int64_t end) {
-    at::Tensor prod_buf = at::empty({query_block * kBankTile}, query.options());
-    at::Tensor tile_buf = !centred && bank.scalar_type() == query.scalar_type()
-                              ? at::Tensor()
-                              : at::empty({kBankTile, D}, query.options());
-    bool local_nonfinite = false;
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t qb = item / splits, split = item % splits;
-      const int64_t m0 = qb * query_block, mb = std::min(query_block, M - m0);
-      const int64_t n0 = split * split_rows, n1 = std::min(N, n0 + split_rows);
-      scan<T>(ranked_query, bank, m0, mb, n0, n1, alpha.data(), beta.data(), centred ? &centre : nullptr, split, cand,
-              cand_key, prod_buf, tile_buf, &local_nonfinite);
-    }
-    if (local_nonfinite) nonfinite = true;
-  });
+  for (int64_t row0 = 0; row0 < N; row0 += chunk_rows) {
+    const int64_t rows = std::min(chunk_rows, N - row0);
+    at::Tensor chunk = converted ? chunk_buf.narrow(0, 0, rows) : bank.narrow(0, row0, rows);
+    if (converted) convert_chunk<T>(bank, row0, rows, centred ? centre.data() : nullptr, chunk, alpha.data());
+    // Centred chunks have their own coefficients (alpha = their squared norms); the others use the bank-wide ones.
+    const T* chunk_alpha = centred ? alpha.data() : alpha.data() + row0;
+    const T* chunk_beta = centred ? beta.data() : beta.data() + row0;
+    const int64_t split_rows = (rows + splits - 1) / splits;
+    cpu::parallel_for(0, query_blocks * splits, 1, [&](int64_t begin, int64_t end) {
+      at::Tensor prod_buf = at::empty({query_block * kBankTile}, query.options());
+      bool local_nonfinite = false;
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t qb = item / splits, split = item % splits;
+        const int64_t m0 = qb * query_block, mb = std::min(query_block, M - m0);
+        const int64_t n0 = split * split_rows, n1 = std::min(rows, n0 + split_rows);
+        scan<T>(ranked_query, chunk, row0, m0, mb, n0, n1, chunk_alpha, chunk_beta, split, cand, cand_key, prod_buf,
+                &local_nonfinite);
+      }
+      if (local_nonfinite) nonfinite = true;
+    });
+  }
 
   if (nonfinite) {
     TORCH_CHECK_VALUE(at::isfinite(query).all().item<bool>(), "query contains NaN or Inf");

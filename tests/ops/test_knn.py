@@ -120,6 +120,33 @@ def test_duplicate_rows(backend):
         assert torch.equal(idx2, expected[:, :2])
 
 
+@pytest.mark.parametrize(
+    "metric, storage", [("l2", torch.float32), ("sqeuclidean", torch.float32), ("cosine", torch.float16)]
+)
+def test_kernel_bank_over_several_chunks(metric, storage):
+    """A 4200 x 4096 bank converted to float32 (67 MiB, over the CPU kernel's 64 MiB of converted rows; each chunk is
+    also at most a quarter of the bank) is scanned in several chunks: candidates carry over, ids are global, and a
+    duplicate row in a later chunk ties bit for bit and keeps the lower id."""
+    if not has_ops():
+        pytest.skip("ad_fast._C not built")
+    gen = torch.Generator().manual_seed(10)
+    bank = torch.randn(4200, 4096, generator=gen).to(storage)
+    bank[4100] = bank[10]  # second chunk duplicates a first-chunk row
+    bank[4150] = bank[4000]
+    query = torch.randn(40, 4096, generator=gen)
+    query[:4] = bank[[10, 4000, 4100, 4199]].float() + 1e-2 * torch.randn(4, 4096, generator=gen)
+    check_against_oracle(query, bank, 3, metric, "kernel")
+    dist, idx = knn(query, bank, 2, metric, backend="kernel")
+    assert idx[0].tolist() == [10, 4100] and idx[1].tolist() == [4000, 4150] and idx[2].tolist() == [10, 4100]
+    assert torch.equal(dist[:3, 0], dist[:3, 1])
+    assert idx[3, 0] == 4199
+    dist_ref, idx_ref = knn(query, bank, 2, metric, backend="reference")
+    assert torch.equal(idx[3:, 0], idx_ref[3:, 0])  # rows 0..2 tie exactly; the reference may order them either way
+    # rows 0..3 sit 1e-2 from a bank row, where the reference's float32 expansion cancels; the oracle check covers them
+    tol = tolerance(query, bank, metric)
+    torch.testing.assert_close(dist[4:].double(), dist_ref[4:].double(), rtol=1e-5, atol=tol)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_batched_equals_unbatched_and_noncontiguous(backend):
     gen = torch.Generator().manual_seed(5)

@@ -59,7 +59,7 @@ def test_load_without_mmap_reads_into_memory(tmp_path):
 @pytest.mark.skipif(not has_ops(), reason="ad_fast._C not built")
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_kernel_search_allocates_no_copy_of_the_mapped_bank(tmp_path, dtype):
-    """Every allocation of one CPU kernel search stays far below the bank's size (float16 is upcast tile by tile)."""
+    """Every allocation of one CPU kernel search stays far below the bank's size (rows are converted chunk by chunk)."""
     _, path = _saved_bank(tmp_path, dtype, n=20000, dim=64)
     mapped = MemoryBank.load(path, mmap=True)
     query = torch.randn(300, 64)
