@@ -144,13 +144,23 @@ class MemoryBank:
             return knn_pruned(query, self.rows, self._projection_index(), metric)
         return knn(query, self.rows, k, metric, bank_sq_norms=self.sq_norms)
 
+    @property
+    def rows(self) -> torch.Tensor:
+        """The bank's rows, Tensor[N, D]."""
+        return self._rows
+
+    @rows.setter
+    def rows(self, value: torch.Tensor) -> None:
+        self._rows = value
+        self._projection: tuple[int, ProjectionIndex] | None = None  # see _projection_index
+
     def _projection_index(self) -> ProjectionIndex:
         """The rows' :func:`~ad_fast.ops.pruned_knn.build_projection_index`, built at the first search that uses it
-        and rebuilt whenever the rows are replaced or changed in place (tensor identity and version)."""
-        key = (self.rows.data_ptr(), tuple(self.rows.shape), self.rows.dtype, self.rows._version)
-        cached = getattr(self, "_projection", None)
-        if cached is None or cached[0] != key:
-            cached = self._projection = (key, build_projection_index(self.rows))
+        and rebuilt whenever the rows are replaced (the ``rows`` setter drops it) or changed in place (the tensor's
+        version counter)."""
+        cached = self._projection
+        if cached is None or cached[0] != self._rows._version:
+            cached = self._projection = (self._rows._version, build_projection_index(self._rows))
         return cached[1]
 
     def to(self, device: torch.device | str) -> MemoryBank:

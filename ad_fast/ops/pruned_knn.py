@@ -17,8 +17,9 @@ from typing import NamedTuple
 import torch
 
 from .._extension import has_ops
-from ._backend import get_backend, kernel_available
-from ._validate import check_same_device, check_tensor
+from ._backend import get_backend, kernel_available, use_kernel
+from ._validate import check_choice, check_same_device, check_tensor
+from .knn import knn
 
 PRUNE_DIMS = 256
 """Projection width P."""
@@ -60,19 +61,24 @@ def pruning_pays(bank: torch.Tensor, k: int, metric: str, query: torch.Tensor) -
             and get_backend() != "reference" and kernel_available("knn_pruned", bank.device))
 
 
-def knn_pruned(query: torch.Tensor, bank: torch.Tensor, index: ProjectionIndex,
-               metric: str = "l2") -> tuple[torch.Tensor, torch.Tensor]:
+def knn_pruned(query: torch.Tensor, bank: torch.Tensor, index: ProjectionIndex, metric: str = "l2", *,
+               backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`ad_fast.ops.knn` ``(query, bank, 1, metric)``, computed with the bounds of ``index``
     (:func:`build_projection_index` of ``bank``, CPU).
 
     Args:
         query (Tensor[M, D] or [B, M, D], float32), bank (Tensor[N, D], float32/float16/bfloat16).
+        backend (None | "auto" | "kernel" | "reference"): as :func:`ad_fast.ops.knn`; the reference (also where no
+            kernel exists: CUDA, or no compiled library) is :func:`ad_fast.ops.knn.knn_reference` with ``k = 1``.
     Returns:
         (float32 Tensor[..., M, 1] distances, int64 Tensor[..., M, 1] indices).
     Raises:
         ValueError: NaN/Inf in ``query``, shapes that do not match ``bank`` or ``index``, another metric.
     """
     check_tensor(query, "query", ndim=(2, 3), dtypes=(torch.float32,), allow_empty=True)
+    if not use_kernel("knn_pruned", query.device, backend):
+        check_choice(metric, "metric", ("l2", "sqeuclidean"))
+        return knn(query, bank, 1, metric, backend="reference")
     flat = query.detach().reshape(-1, query.shape[-1])
     dist, idx = torch.ops.ad_fast.knn_pruned(flat, bank.detach(), index.centre, index.axes, index.prefix, metric)
     shape = (*query.shape[:-1], 1)

@@ -113,6 +113,24 @@ def test_memory_bank_prunes_large_wide_banks_and_rebuilds_after_an_in_place_chan
         dist, idx = bank.search(query)
         check_exact(query, bank.rows, dist, idx, "l2")
         bank.rows[idx[:10, 0]] += 5.0  # in place: the cached projection must not be used for the new rows
+    for _ in range(2):  # replaced by new tensors of the same shape (the old one freed): rebuilt each time
+        bank.rows = clustered(MIN_ROWS + 3, 3 * PRUNE_DIMS, generator)
+        dist, idx = bank.search(query)
+        check_exact(query, bank.rows, dist, idx, "l2")
+
+
+def test_reference_backend_gives_the_kernels_answer():
+    generator = torch.Generator().manual_seed(7)
+    bank = clustered(300, 40, generator)
+    index = build_projection_index(bank, 6)
+    query = clustered(25, 40, generator)
+    for metric in ("l2", "sqeuclidean"):
+        dist, idx = knn_pruned(query, bank, index, metric, backend="reference")
+        expected_dist, expected_idx = knn_pruned(query, bank, index, metric, backend="kernel")
+        assert torch.equal(idx, expected_idx)
+        torch.testing.assert_close(dist, expected_dist, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="metric"):
+        knn_pruned(query, bank, index, "cosine", backend="reference")
 
 
 def test_opcheck():
