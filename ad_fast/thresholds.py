@@ -34,8 +34,11 @@ DEFAULT_SENSITIVITY = 0.5
 _FLAT_WIDTH = 1e-3
 
 
-def _values(x: Any, name: str) -> np.ndarray:
-    """Flattened finite float64 values of an array/tensor/list (``None`` or empty -> empty array)."""
+def _values(x: Any, name: str, keep_float32: bool = False) -> np.ndarray:
+    """Flattened finite float64 values of an array/tensor/list (``None`` or empty -> empty array); may be a view.
+
+    ``keep_float32``: float32 data stays float32 (float32 -> float64 is exact and monotone, so sorting, comparisons
+    and counts give the same results in either; the values are widened only where arithmetic is done)."""
     if x is None:
         return np.empty(0)
     if isinstance(x, (list, tuple)):
@@ -43,28 +46,8 @@ def _values(x: Any, name: str) -> np.ndarray:
         array = np.concatenate(parts) if parts else np.empty(0)
     else:
         array = metrics._as_numpy(x).reshape(-1)
-    array = array.astype(np.float64, copy=False)  # read-only use: a view where it already is float64
-    if not np.isfinite(array).all():
-        raise ValueError(f"{name}: contains NaN or infinite values")
-    return array
-
-
-def _raw_values(x: Any, name: str) -> np.ndarray:
-    """As :func:`_values`, but float32 data stays float32 (float32 -> float64 is exact and monotone, so sorting,
-    comparisons and counts give the same results in either; the values are widened only where arithmetic is done).
-    Any other dtype becomes float64 as in :func:`_values`. May be a view of the input."""
-    if x is None:
-        return np.empty(0)
-    if isinstance(x, (list, tuple)):
-        parts = [metrics._as_numpy(v).reshape(-1) for v in x]
-        if not parts:
-            return np.empty(0)
-        parts = [p if p.dtype in (np.float32, np.float64) else p.astype(np.float64) for p in parts]
-        array = np.concatenate(parts)
-    else:
-        array = metrics._as_numpy(x).reshape(-1)
-        if array.dtype not in (np.float32, np.float64):
-            array = array.astype(np.float64)
+    if not (keep_float32 and array.dtype == np.float32):
+        array = array.astype(np.float64, copy=False)  # read-only use: a view where it already is float64
     if not np.isfinite(array).all():
         raise ValueError(f"{name}: contains NaN or infinite values")
     return array
@@ -156,7 +139,7 @@ def learn_decision(normal_scores: Any, normal_maps: Any, anomalous_scores: Any =
         source: recorded in the decision (default: ``"normal-quantile"`` or ``"f1-labelled"``).
     """
     _check_sensitivity(sensitivity)
-    normal_s, normal_p = _values(normal_scores, "normal_scores"), _raw_values(normal_maps, "normal_maps")
+    normal_s, normal_p = _values(normal_scores, "normal_scores"), _values(normal_maps, "normal_maps", keep_float32=True)
     if normal_s.size == 0 or normal_p.size == 0:
         raise ValueError("normal_scores and normal_maps: calibration needs at least one normal image")
     anomalous_s = _values(anomalous_scores, "anomalous_scores")
@@ -164,8 +147,8 @@ def learn_decision(normal_scores: Any, normal_maps: Any, anomalous_scores: Any =
     if anomalous_maps is not None:
         if anomalous_masks is None:
             raise ValueError("anomalous_masks: required with anomalous_maps (one binary mask per map)")
-        maps = _raw_values(anomalous_maps, "anomalous_maps")
-        masks = _raw_values(anomalous_masks, "anomalous_masks") > 0.5
+        maps = _values(anomalous_maps, "anomalous_maps", keep_float32=True)
+        masks = _values(anomalous_masks, "anomalous_masks", keep_float32=True) > 0.5
         if maps.size != masks.size:
             raise ValueError(f"anomalous_maps and anomalous_masks: expected the same number of pixels, "
                              f"got {maps.size} and {masks.size}")
