@@ -12,8 +12,9 @@
 // from memory per pick. Threads: the calling thread selects; at::get_num_threads() - 1 helper threads sweep over
 // the blocks meanwhile, bringing those that lag behind up to date (block locks); the flush is split by work.
 //
-// Each distance has distance()'s float32 arithmetic (distance4 computes four bitwise alike) and each row takes its
-// picks in pick order with `<`, so every value is the full pass's, ties included (first maximum). A row skips pick
+// Each distance is the square root of sq_distance()'s float32 sum (sq_distance4 / sq_distance2x4 compute four /
+// eight bitwise alike; the root is skipped where the sum proves no change) and each row takes its picks in pick
+// order with `<`, so every value is the full pass's, ties included (first maximum). A row skips pick
 // s when the triangle inequality proves it no closer than the row's nearest pick a (Elkan-style): pick s was the
 // farthest row when picked, at min-distance sep[s] <= ||c_a - c_s|| from every earlier pick, so
 // sep[s] >= 2 * min_dist[i] (with a rounding margin) means no change.
@@ -51,21 +52,22 @@ constexpr ArgMax kNoMax{-std::numeric_limits<float>::infinity(), std::numeric_li
 // changes a result the full update would have produced.
 float skip_margin(int64_t d) { return 1.0f + 4.0f * static_cast<float>(d + 2) * 0x1p-24f; }
 
-float distance(const float* a, const float* b, int64_t d) {
+// Squared distance: float32 sum of squared differences (its square root is the distance every result uses).
+float sq_distance(const float* a, const float* b, int64_t d) {
   float acc = 0.f;
 #pragma omp simd reduction(+ : acc)
   for (int64_t c = 0; c < d; ++c) {
     const float diff = a[c] - b[c];
     acc += diff * diff;
   }
-  return std::sqrt(acc);
+  return acc;
 }
 
-// distance() from row `a` to four rows at once, each with distance()'s arithmetic: the same simd loop with one
-// reduction variable per row (same lanes, same remainder handling, same final sum over the lanes), so each
-// result is bitwise distance()'s; four independent accumulation chains instead of one keep the FPU busy.
-void distance4(const float* a, const float* b0, const float* b1, const float* b2, const float* b3, int64_t d,
-               float* out) {
+// sq_distance() from row `a` to four rows at once, each with sq_distance()'s arithmetic: the same simd loop with
+// one reduction variable per row (same lanes, same remainder handling, same final sum over the lanes), so each
+// result is bitwise sq_distance()'s; four independent accumulation chains instead of one keep the FPU busy.
+void sq_distance4(const float* a, const float* b0, const float* b1, const float* b2, const float* b3, int64_t d,
+                  float* out) {
   float acc0 = 0.f, acc1 = 0.f, acc2 = 0.f, acc3 = 0.f;
 #pragma omp simd reduction(+ : acc0, acc1, acc2, acc3)
   for (int64_t c = 0; c < d; ++c) {
@@ -76,11 +78,44 @@ void distance4(const float* a, const float* b0, const float* b1, const float* b2
     acc2 += diff2 * diff2;
     acc3 += diff3 * diff3;
   }
-  out[0] = std::sqrt(acc0);
-  out[1] = std::sqrt(acc1);
-  out[2] = std::sqrt(acc2);
-  out[3] = std::sqrt(acc3);
+  out[0] = acc0;
+  out[1] = acc1;
+  out[2] = acc2;
+  out[3] = acc3;
 }
+
+// sq_distance4() from two rows `a0` and `a1` at once (out[0..3] and out[4..7]), each bitwise sq_distance()'s:
+// eight accumulation chains that share the loads of the four rows `b`.
+void sq_distance2x4(const float* a0, const float* a1, const float* b0, const float* b1, const float* b2,
+                    const float* b3, int64_t d, float* out) {
+  float x0 = 0.f, x1 = 0.f, x2 = 0.f, x3 = 0.f, y0 = 0.f, y1 = 0.f, y2 = 0.f, y3 = 0.f;
+#pragma omp simd reduction(+ : x0, x1, x2, x3, y0, y1, y2, y3)
+  for (int64_t c = 0; c < d; ++c) {
+    const float p = a0[c], q = a1[c];
+    const float c0 = b0[c], c1 = b1[c], c2 = b2[c], c3 = b3[c];
+    x0 += (p - c0) * (p - c0);
+    x1 += (p - c1) * (p - c1);
+    x2 += (p - c2) * (p - c2);
+    x3 += (p - c3) * (p - c3);
+    y0 += (q - c0) * (q - c0);
+    y1 += (q - c1) * (q - c1);
+    y2 += (q - c2) * (q - c2);
+    y3 += (q - c3) * (q - c3);
+  }
+  out[0] = x0;
+  out[1] = x1;
+  out[2] = x2;
+  out[3] = x3;
+  out[4] = y0;
+  out[5] = y1;
+  out[6] = y2;
+  out[7] = y3;
+}
+
+// A squared distance at or above this cannot give a distance below m: sq >= m^2 (1 + 8u) (in float64) means
+// sqrt(sq) >= m (1 + 3.9u), which rounds to at least m. Most picks do not come closer to a row, so their square
+// root is skipped; the others take std::sqrt, the distance itself.
+double no_closer_than(float m) { return static_cast<double>(m) * m * (1.0 + 0x1p-21); }
 
 ArgMax argmax_rows(const float* values, int64_t begin, int64_t end) {
   ArgMax best = kNoMax;
@@ -234,40 +269,71 @@ class LazySearch {
     blocks_[b] = {picks, argmax_rows(min_dist_, row_begin(b), row_end(b))};
   }
 
+  // One row while picks are applied to it: its min-distance m, nearest pick a, and no_closer_than(m).
+  struct RowState {
+    float m;
+    int32_t a;
+    double bound;
+    // Whether pick s can come closer (sep does not prove otherwise); tested with m before a group of picks,
+    // which is sound as m only falls.
+    bool may_take(float sep, float margin) const { return a < 0 || sep < 2.f * m * margin; }
+    void take(int64_t s, float sq) {
+      if (static_cast<double>(sq) >= bound) return;
+      const float dist = std::sqrt(sq);
+      if (dist < m) {
+        m = dist;
+        a = static_cast<int32_t>(s);
+        bound = no_closer_than(m);
+      }
+    }
+  };
+  RowState load(int64_t i) const { return {min_dist_[i], nearest_[i], no_closer_than(min_dist_[i])}; }
+  void store(int64_t i, const RowState& row) {
+    min_dist_[i] = row.m;
+    nearest_[i] = row.a;
+  }
+
   // Lowers the min-distances of rows [r0, r1) by picks [u, t), each row taking the picks in pick order. Picks go
   // in tiles that stay in L1 while the rows pass; a row skips a pick when sep proves it no closer than the row's
-  // nearest pick, and a whole tile when its smallest sep does.
+  // nearest pick, and a whole tile when its smallest sep does. Rows that both need a tile go two at a time (two
+  // rows x four picks per inner loop: fewer loads per distance), taking the picks either of them needs: a pick
+  // that sep rules out for a row leaves it unchanged anyway.
   void apply(int64_t r0, int64_t r1, int64_t u, int64_t t) {
     for (int64_t s0 = u; s0 < t; s0 += center_tile_) {
       const int64_t s1 = std::min(t, s0 + center_tile_);
       const float tile_sep = *std::min_element(sep_.begin() + s0, sep_.begin() + s1);
       for (int64_t i = r0; i < r1; ++i) {
-        float m = min_dist_[i];
-        int32_t a = nearest_[i];
-        if (a >= 0 && tile_sep >= 2.f * m * margin_) continue;
-        const float* row = z_ + i * d_;
-        // Picks in groups of four not skipped (skipping tested with m before the group: sound, as m only falls).
+        RowState x = load(i);
+        if (!x.may_take(tile_sep, margin_)) continue;
+        RowState y{};
+        const bool pair = i + 1 < r1 && (y = load(i + 1)).may_take(tile_sep, margin_);
+        const float* row_x = z_ + i * d_;
+        const float* row_y = z_ + (i + 1) * d_;
         for (int64_t s = s0; s < s1;) {
           int64_t group[4];
           int count = 0;
           for (; s < s1 && count < 4; ++s) {
-            if (a < 0 || sep_[s] < 2.f * m * margin_) group[count++] = s;
+            if (x.may_take(sep_[s], margin_) || (pair && y.may_take(sep_[s], margin_))) group[count++] = s;
           }
-          float dist[4];
-          if (count == 4) {
-            distance4(row, center(group[0]), center(group[1]), center(group[2]), center(group[3]), d_, dist);
+          float sq[8];
+          if (count == 4 && pair) {
+            sq_distance2x4(row_x, row_y, center(group[0]), center(group[1]), center(group[2]), center(group[3]), d_,
+                           sq);
+          } else if (count == 4) {
+            sq_distance4(row_x, center(group[0]), center(group[1]), center(group[2]), center(group[3]), d_, sq);
           } else {
-            for (int k = 0; k < count; ++k) dist[k] = distance(row, center(group[k]), d_);
-          }
-          for (int k = 0; k < count; ++k) {
-            if (dist[k] < m) {
-              m = dist[k];
-              a = static_cast<int32_t>(group[k]);
+            for (int k = 0; k < count; ++k) {
+              sq[k] = sq_distance(row_x, center(group[k]), d_);
+              if (pair) sq[4 + k] = sq_distance(row_y, center(group[k]), d_);
             }
           }
+          for (int k = 0; k < count; ++k) {
+            x.take(group[k], sq[k]);
+            if (pair) y.take(group[k], sq[4 + k]);
+          }
         }
-        min_dist_[i] = m;
-        nearest_[i] = a;
+        store(i, x);
+        if (pair) store(++i, y);
       }
     }
   }
