@@ -323,6 +323,21 @@ def test_lazy_kernel_clustered_rows_non_contiguous_and_threads():
 
 
 @needs_ops
+def test_lazy_kernel_pairs_rows_that_skip_with_rows_that_do_not():
+    """Rows alternate between tight clusters (tiles of picks skipped by the triangle inequality once a pick lands
+    nearby) and wide noise (never skipped), so the kernel's two-row inner loop meets pairs where only one row needs a
+    tile and groups of picks only one row needs; 3001 rows leave a block's last row without a partner. Bit for bit
+    a full pass, from a start row and from init distances."""
+    gen = torch.Generator().manual_seed(21)
+    tight = clustered_rows(1501, 16, 5, seed=21)
+    wide = 6 * torch.randn(1500, 16, generator=gen)
+    rows = torch.empty(3001, 16)
+    rows[0::2], rows[1::2] = tight, wide
+    assert_same_as_full_pass(rows, 300, start=1)
+    assert_same_as_full_pass(rows, 300, init=torch.cdist(rows, rows[:4]).mean(1))
+
+
+@needs_ops
 def test_raw_kernel_zero_columns():
     """Rows of no columns (the raw op; the Python API refuses them): every distance is 0, so after the start row
     each pick is row 0 (first maximum) at radius 0."""
