@@ -8,16 +8,20 @@
 // that maximum: every other bound is no larger, and an equal bound of a lower block would come first. A stale top
 // block gets all its pending picks at once (its rows stay in cache while the picks stream past), then goes back
 // with its exact maximum. Every block gets every pick eventually (the rest are flushed at the end, so min_dist is
-// exact for all rows): the work of a full pass per pick, done from cache instead of streaming the whole matrix
-// from memory per pick. Threads: the calling thread selects; at::get_num_threads() - 1 helper threads sweep over
+// exact for all rows): the row-pick pairs of a full pass per pick (most ruled out by the bounds below without
+// their distance), done from cache instead of streaming the whole matrix from memory per pick. Threads: the calling thread selects; at::get_num_threads() - 1 helper threads sweep over
 // the blocks meanwhile, bringing those that lag behind up to date (block locks); the flush is split by work.
 //
 // Each distance is the square root of sq_distance()'s float32 sum (sq_distance4 / sq_distance2x4 compute four /
 // eight bitwise alike; the root is skipped where the sum proves no change) and each row takes its picks in pick
-// order with `<`, so every value is the full pass's, ties included (first maximum). A row skips pick
-// s when the triangle inequality proves it no closer than the row's nearest pick a (Elkan-style): pick s was the
-// farthest row when picked, at min-distance sep[s] <= ||c_a - c_s|| from every earlier pick, so
-// sep[s] >= 2 * min_dist[i] (with a rounding margin) means no change.
+// order with `<`, so every value is the full pass's, ties included (first maximum). Two proofs let a row skip a
+// pick without its distance:
+// - the triangle inequality (Elkan-style): pick s was the farthest row when picked, at min-distance
+//   sep[s] <= ||c_a - c_s|| from every earlier pick a (the row's nearest), so sep[s] >= 2 * min_dist[i] (with a
+//   rounding margin) means no change;
+// - the rows' K = 8 leading principal axes (large selections): the distance of two rows' coordinates on them is a
+//   lower bound of theirs, a K-term sum instead of d terms; at or above bound_threshold(min_dist[i]) (rounding
+//   allowed for) it means no change. On DMAD's patch rows it leaves ~10-16 % of the row-pick pairs to score.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -42,8 +46,11 @@ namespace {
 
 constexpr int64_t kRowsPerBlock = 256;
 constexpr int64_t kCenterTileBytes = 16 * 1024;  // pending picks are applied in tiles that stay in L1
+constexpr int64_t kMaxTile = 256;                // and at most this many per tile (buffers on the stack)
+constexpr int64_t kBoundAxes = 8;                // leading principal axes of the rows' cheap lower bound
+constexpr int64_t kAxesChunk = 1 << 16;          // rows per chunk of the principal axes' float64 sums
 constexpr int64_t kHelperLag = 32;              // a helper brings a block up to date once it lags this many picks
-constexpr int64_t kHelperWork = 1 << 20;        // rows x picks below which the selecting thread works alone
+constexpr int64_t kHelperWork = 1 << 20;        // rows x picks below which one thread works alone, with no bound
 constexpr int64_t kParallelWork = 1 << 16;      // rows x picks below which the final flush runs on one thread
 constexpr ArgMax kNoMax{-std::numeric_limits<float>::infinity(), std::numeric_limits<int64_t>::max()};
 // A row skips pick s when the triangle inequality proves it no closer than the row's nearest pick a:
@@ -125,6 +132,43 @@ ArgMax argmax_rows(const float* values, int64_t begin, int64_t end) {
   return best;
 }
 
+// The rows' coordinates on their K = min(kBoundAxes, d) leading principal axes P (orthonormal in float64, rounded
+// to float32: ||P^T x|| <= (1 + sqrt(K) u) ||x||, which bound_threshold's margin covers), so the coordinates give
+// every distance a K-value lower bound. All in float32 (the axes' quality only decides how much is pruned):
+// `error` bounds how far a stored difference of two rows' coordinates can be from P^T (z_i - z_j), twice the
+// error of one row's: the rounding of z_i - mean (u per value) and of the d-term products (gamma_d sqrt(K)), both
+// relative to ||z_i - mean||.
+struct AxisCoords {
+  at::Tensor coords;  // float32 [N, K]
+  int64_t k;
+  double error;
+};
+
+AxisCoords principal_coords(const at::Tensor& rows) {
+  const int64_t N = rows.size(0), d = rows.size(1), k = std::min(kBoundAxes, d);
+  if (k == 0) return {at::empty({N, 0}, rows.options()), 0, 0.0};
+  const at::Tensor mean = (rows.sum({0}, false, at::kDouble) / static_cast<double>(N)).to(at::kFloat);
+  at::Tensor covariance = at::zeros({d, d}, rows.options());
+  for (int64_t r = 0; r < N; r += kAxesChunk) {
+    const at::Tensor centred = rows.narrow(0, r, std::min(kAxesChunk, N - r)) - mean;
+    covariance.addmm_(centred.t(), centred);
+  }
+  const at::Tensor axes =
+      std::get<1>(at::linalg_eigh(covariance.to(at::kDouble))).narrow(1, d - k, k).to(at::kFloat).contiguous();
+  at::Tensor coords = at::empty({N, k}, rows.options());
+  double largest = 0;
+  for (int64_t r = 0; r < N; r += kAxesChunk) {
+    const int64_t n = std::min(kAxesChunk, N - r);
+    const at::Tensor centred = rows.narrow(0, r, n) - mean;
+    at::Tensor part = coords.narrow(0, r, n);
+    at::mm_out(part, centred, axes);
+    largest = std::max(largest, centred.norm(2, {1}).max().item<double>());
+  }
+  const double u = 0x1p-24, gamma_d = d * u / (1.0 - d * u);
+  const double one_row = (gamma_d * std::sqrt(static_cast<double>(k)) + 2.0 * u) * 1.01 * largest;
+  return {coords, k, 2.0 * one_row};
+}
+
 struct Block {
   int64_t upto;  // picks applied to the block's rows
   ArgMax best;   // arg-max of the rows' min-distances after those picks
@@ -144,11 +188,13 @@ bool later(const Entry& x, const Entry& y) { return y.bound > x.bound || (y.boun
 // date meanwhile, sweeping over the blocks. Each block has a lock; its rows and its Block change only under it.
 class LazySearch {
  public:
-  LazySearch(const float* z, int64_t n, int64_t d, float* min_dist, int64_t n_select)
+  LazySearch(const float* z, int64_t n, int64_t d, float* min_dist, int64_t n_select, const AxisCoords& axes)
       : z_(z), n_(n), d_(d), min_dist_(min_dist), nearest_(n, -1), centers_(n_select * d), sep_(n_select, 0.f),
+        coords_(axes.coords.const_data_ptr<float>()), k_(axes.k), n_select_(n_select),
+        pick_coords_(axes.k * n_select), coord_error_(axes.error),
         blocks_((n + kRowsPerBlock - 1) / kRowsPerBlock), locks_(new std::atomic<bool>[blocks_.size()]),
         margin_(skip_margin(d)),
-        center_tile_(std::max<int64_t>(1, kCenterTileBytes / (std::max<int64_t>(d, 1) * 4))) {
+        center_tile_(std::clamp<int64_t>(kCenterTileBytes / (std::max<int64_t>(d, 1) * 4), 1, kMaxTile)) {
     for (int64_t b = 0; b < num_blocks(); ++b) {
       locks_[b].store(false, std::memory_order_relaxed);
       blocks_[b] = {0, argmax_rows(min_dist_, row_begin(b), row_end(b))};
@@ -162,6 +208,7 @@ class LazySearch {
   // Records pick number t (row `row`, at min-distance `value` when picked; 0 for a start row) for every thread.
   void add_pick(int64_t t, int64_t row, float value) {
     std::copy(z_ + row * d_, z_ + (row + 1) * d_, centers_.data() + t * d_);
+    for (int64_t k = 0; k < k_; ++k) pick_coords_[k * n_select_ + t] = coords_[row * k_ + k];
     sep_[t] = value;
     published_.store(t + 1, std::memory_order_release);
   }
@@ -293,44 +340,99 @@ class LazySearch {
     nearest_[i] = row.a;
   }
 
+  // A K-value squared distance of the coordinates at or above this proves a pick no closer than m: it bounds
+  // the true distance from below by m (1 + 2 (d + 4) u) once the coordinates' error and the float32 rounding of the
+  // K-term sum (gamma_{K+2}) are allowed for, and sqrt of sq_distance() then rounds to at least m (its sum is
+  // within a relative (d + 2) u of the true square). The float32 threshold is rounded with room to spare.
+  float bound_threshold(float m) const {
+    const double u = 0x1p-24, gamma = (k_ + 2) * u / (1.0 - (k_ + 2) * u);
+    const double reach = static_cast<double>(m) * (1.0 + 2.0 * (d_ + 4) * u) + coord_error_;
+    return static_cast<float>(reach * reach * (1.0 + 4.0 * gamma));
+  }
+
+  // Picks of [s0, s1) that row i (state x) must score, in order, into `out`: those sep does not rule out and whose
+  // coordinates' lower bound does not prove them no closer. Returns their count.
+  int candidates(int64_t i, const RowState& x, int64_t s0, int64_t s1, int64_t* out) const {
+    const int64_t n = s1 - s0;
+    float lower[kMaxTile];
+    const float threshold = bound_threshold(x.m);
+    const bool bounded = k_ > 0 && threshold < std::numeric_limits<float>::infinity();
+    std::fill(lower, lower + n, 0.f);
+    if (bounded) {
+      for (int64_t k = 0; k < k_; ++k) {
+        const float p = coords_[i * k_ + k];
+        const float* q = pick_coords_.data() + k * n_select_ + s0;
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) lower[j] += (p - q[j]) * (p - q[j]);
+      }
+    }
+    // may_take, as one comparison: a row without a nearest pick takes any (sep is finite)
+    const float sep_cut = x.a < 0 ? std::numeric_limits<float>::infinity() : 2.f * x.m * margin_;
+    const float cut = bounded ? threshold : std::numeric_limits<float>::infinity();
+    int count = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      out[count] = s0 + j;
+      count += (lower[j] < cut) & (sep_[s0 + j] < sep_cut);
+    }
+    return count;
+  }
+
+  // Row x takes the picks `picks[0, count)`, four distances at a time.
+  void score(const float* row, RowState& x, const int64_t* picks, int count) const {
+    float sq[4];
+    int g = 0;
+    for (; g + 4 <= count; g += 4) {
+      sq_distance4(row, center(picks[g]), center(picks[g + 1]), center(picks[g + 2]), center(picks[g + 3]), d_, sq);
+      for (int k = 0; k < 4; ++k) x.take(picks[g + k], sq[k]);
+    }
+    for (; g < count; ++g) x.take(picks[g], sq_distance(row, center(picks[g]), d_));
+  }
+
+  // Rows x and y both take the picks `picks[0, count)` (two rows x four picks per inner loop).
+  void score_pair(const float* row_x, const float* row_y, RowState& x, RowState& y, const int64_t* picks,
+                  int count) const {
+    float sq[8];
+    int g = 0;
+    for (; g + 4 <= count; g += 4) {
+      sq_distance2x4(row_x, row_y, center(picks[g]), center(picks[g + 1]), center(picks[g + 2]),
+                     center(picks[g + 3]), d_, sq);
+      for (int k = 0; k < 4; ++k) {
+        x.take(picks[g + k], sq[k]);
+        y.take(picks[g + k], sq[4 + k]);
+      }
+    }
+    for (; g < count; ++g) {
+      x.take(picks[g], sq_distance(row_x, center(picks[g]), d_));
+      y.take(picks[g], sq_distance(row_y, center(picks[g]), d_));
+    }
+  }
+
   // Lowers the min-distances of rows [r0, r1) by picks [u, t), each row taking the picks in pick order. Picks go
-  // in tiles that stay in L1 while the rows pass; a row skips a pick when sep proves it no closer than the row's
-  // nearest pick, and a whole tile when its smallest sep does. Rows that both need a tile go two at a time (two
-  // rows x four picks per inner loop: fewer loads per distance), taking the picks either of them needs: a pick
-  // that sep rules out for a row leaves it unchanged anyway.
+  // in tiles that stay in L1 while the rows pass. A row skips a whole tile when its smallest sep proves it no
+  // closer than the row's nearest pick, and otherwise scores only its candidates (sep and the coordinates' bound;
+  // both tested with m before the tile, which is sound as m only falls). Two neighbouring rows whose candidates
+  // together outnumber the tile score the union of them at once (two rows x four picks per inner loop, fewer loads
+  // per distance): a pick ruled out for a row leaves it unchanged anyway.
   void apply(int64_t r0, int64_t r1, int64_t u, int64_t t) {
+    int64_t picks_x[kMaxTile], picks_y[kMaxTile], both[kMaxTile];
     for (int64_t s0 = u; s0 < t; s0 += center_tile_) {
       const int64_t s1 = std::min(t, s0 + center_tile_);
       const float tile_sep = *std::min_element(sep_.begin() + s0, sep_.begin() + s1);
       for (int64_t i = r0; i < r1; ++i) {
         RowState x = load(i);
         if (!x.may_take(tile_sep, margin_)) continue;
+        const int count_x = candidates(i, x, s0, s1, picks_x);
         RowState y{};
         const bool pair = i + 1 < r1 && (y = load(i + 1)).may_take(tile_sep, margin_);
+        const int count_y = pair ? candidates(i + 1, y, s0, s1, picks_y) : 0;
         const float* row_x = z_ + i * d_;
-        const float* row_y = z_ + (i + 1) * d_;
-        for (int64_t s = s0; s < s1;) {
-          int64_t group[4];
-          int count = 0;
-          for (; s < s1 && count < 4; ++s) {
-            if (x.may_take(sep_[s], margin_) || (pair && y.may_take(sep_[s], margin_))) group[count++] = s;
-          }
-          float sq[8];
-          if (count == 4 && pair) {
-            sq_distance2x4(row_x, row_y, center(group[0]), center(group[1]), center(group[2]), center(group[3]), d_,
-                           sq);
-          } else if (count == 4) {
-            sq_distance4(row_x, center(group[0]), center(group[1]), center(group[2]), center(group[3]), d_, sq);
-          } else {
-            for (int k = 0; k < count; ++k) {
-              sq[k] = sq_distance(row_x, center(group[k]), d_);
-              if (pair) sq[4 + k] = sq_distance(row_y, center(group[k]), d_);
-            }
-          }
-          for (int k = 0; k < count; ++k) {
-            x.take(group[k], sq[k]);
-            if (pair) y.take(group[k], sq[4 + k]);
-          }
+        if (pair && count_x + count_y > s1 - s0) {
+          const int count = static_cast<int>(std::set_union(picks_x, picks_x + count_x, picks_y, picks_y + count_y,
+                                                            both) - both);
+          score_pair(row_x, row_x + d_, x, y, both, count);
+        } else {
+          score(row_x, x, picks_x, count_x);
+          if (pair) score(row_x + d_, y, picks_y, count_y);
         }
         store(i, x);
         if (pair) store(++i, y);
@@ -344,6 +446,10 @@ class LazySearch {
   std::vector<int32_t> nearest_;  // pick number of each row's nearest pick; -1 while min_dist is not a pick's
   std::vector<float> centers_;    // [picks, d] copies of the picked rows
   std::vector<float> sep_;        // min-distance of each pick when picked: <= its distance to every earlier pick
+  const float* coords_;           // [N, k_] principal coordinates of the rows (AxisCoords)
+  int64_t k_, n_select_;
+  std::vector<float> pick_coords_;  // [k_, n_select] the picks' coordinates, axis by axis
+  double coord_error_;
   std::vector<Block> blocks_;
   std::unique_ptr<std::atomic<bool>[]> locks_;
   std::vector<Entry> heap_;  // one entry per block, a max-heap in `later`'s order (selecting thread only)
@@ -373,7 +479,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kcenter_greedy_cpu(const at::Tens
   int64_t* out_idx = indices.mutable_data_ptr<int64_t>();
   float* out_radius = radii.mutable_data_ptr<float>();
 
-  LazySearch search(z, N, d, min_dist, n_select);
+  // The bound costs a pass over the rows first: small selections go without it (and without helpers).
+  const bool large = N * n_select >= kHelperWork;
+  const AxisCoords axes =
+      large ? principal_coords(projected) : AxisCoords{at::empty({N, 0}, projected.options()), 0, 0.0};
+  LazySearch search(z, N, d, min_dist, n_select, axes);
   auto select = [&] {
     ArgMax next{0.f, start_index};
     if (init_distances.has_value()) next = search.verified_max(0);
@@ -386,7 +496,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kcenter_greedy_cpu(const at::Tens
       out_radius[t] = next.value;
     }
   };
-  const int64_t helpers = N * n_select >= kHelperWork && search.num_blocks() > 1 ? at::get_num_threads() - 1 : 0;
+  const int64_t helpers = large && search.num_blocks() > 1 ? at::get_num_threads() - 1 : 0;
   if (helpers <= 0) {
     select();
   } else {

@@ -333,8 +333,22 @@ def test_lazy_kernel_pairs_rows_that_skip_with_rows_that_do_not():
     wide = 6 * torch.randn(1500, 16, generator=gen)
     rows = torch.empty(3001, 16)
     rows[0::2], rows[1::2] = tight, wide
-    assert_same_as_full_pass(rows, 300, start=1)
-    assert_same_as_full_pass(rows, 300, init=torch.cdist(rows, rows[:4]).mean(1))
+    assert_same_as_full_pass(rows, 350, start=1)  # 3001 x 350 >= 2^20: with the principal axes' bound
+    assert_same_as_full_pass(rows, 350, init=torch.cdist(rows, rows[:4]).mean(1))
+
+
+@needs_ops
+@pytest.mark.parametrize("offset, scale", [(0.0, 1.0), (1000.0, 1e-3), (-3e4, 2.0)])
+def test_lazy_kernel_principal_axes_bound_keeps_every_pick(offset, scale):
+    """Rows with one dominant direction (the principal axes' bound rules out most picks), far from the origin or
+    only a few float32 ulps apart (the bound's rounding allowance is what keeps a pick that is barely closer), with
+    exact duplicates: bit for bit a full pass, from a start row and from init distances."""
+    gen = torch.Generator().manual_seed(int(abs(offset)) + 5)
+    spread = torch.logspace(1, -2, 40)  # variance falls by 10^6 across the columns
+    rows = offset + scale * torch.randn(2700, 40, generator=gen) * spread
+    rows[2000:2100] = rows[:100]  # exact duplicates: ties at min-distance 0
+    assert_same_as_full_pass(rows, 400, start=7)  # 2700 x 400 >= 2^20: with the bound
+    assert_same_as_full_pass(rows, 400, init=torch.cdist(rows, rows[:5]).mean(1))
 
 
 @needs_ops
