@@ -160,8 +160,11 @@ def kcenter_greedy(
     Kernels: CUDA runs one fused pass over all rows per pick. The CPU kernel is lazy per block of 256 rows: a
     heap of the blocks' (stale, hence upper-bound) maximum min-distances yields each pick once the top block is
     brought up to date, a block takes all its pending picks at once from cache, helper threads update lagging
-    blocks meanwhile, and the rest is flushed at the end. Its indices, radii and min-distances are bit for bit
-    those of one full pass per pick (same float32 distances, ties to the first maximum).
+    blocks meanwhile, and the rest is flushed at the end. A row skips a pick without its distance where a bound
+    proves it no closer: the triangle inequality, or (large selections) the distance of their coordinates on
+    the rows' 8 leading principal axes, which rules out most pairs on patch features. Its indices, radii and
+    min-distances are bit for bit those of one full pass per pick (same float32 distances, ties to the first
+    maximum).
 
     Args:
         features (Tensor[N, D]): rows to subsample; any float dtype (projected in float32).

@@ -350,13 +350,13 @@ class LazySearch {
     return static_cast<float>(reach * reach * (1.0 + 4.0 * gamma));
   }
 
-  // Picks of [s0, s1) that row i (state x) must score, in order, into `out`: those sep does not rule out and whose
-  // coordinates' lower bound does not prove them no closer. Returns their count.
-  int candidates(int64_t i, const RowState& x, int64_t s0, int64_t s1, int64_t* out) const {
+  // Picks of [s0, s1) that row i (state x) must score, in order, into `out`: those sep does not rule out and (with
+  // use_bound) whose coordinates' lower bound does not prove them no closer. Returns their count.
+  int candidates(int64_t i, const RowState& x, int64_t s0, int64_t s1, bool use_bound, int64_t* out) const {
     const int64_t n = s1 - s0;
     float lower[kMaxTile];
     const float threshold = bound_threshold(x.m);
-    const bool bounded = k_ > 0 && threshold < std::numeric_limits<float>::infinity();
+    const bool bounded = use_bound && k_ > 0 && threshold < std::numeric_limits<float>::infinity();
     std::fill(lower, lower + n, 0.f);
     if (bounded) {
       for (int64_t k = 0; k < k_; ++k) {
@@ -412,19 +412,24 @@ class LazySearch {
   // closer than the row's nearest pick, and otherwise scores only its candidates (sep and the coordinates' bound;
   // both tested with m before the tile, which is sound as m only falls). Two neighbouring rows whose candidates
   // together outnumber the tile score the union of them at once (two rows x four picks per inner loop, fewer loads
-  // per distance): a pick ruled out for a row leaves it unchanged anyway.
+  // per distance): a pick ruled out for a row leaves it unchanged anyway. Where the bound keeps more than 3/4 of
+  // the pairs of a tile (rows far apart on every axis, e.g. isotropic noise) the call goes on without it.
   void apply(int64_t r0, int64_t r1, int64_t u, int64_t t) {
     int64_t picks_x[kMaxTile], picks_y[kMaxTile], both[kMaxTile];
+    bool use_bound = k_ > 0;
     for (int64_t s0 = u; s0 < t; s0 += center_tile_) {
+      int64_t seen = 0, kept = 0;
       const int64_t s1 = std::min(t, s0 + center_tile_);
       const float tile_sep = *std::min_element(sep_.begin() + s0, sep_.begin() + s1);
       for (int64_t i = r0; i < r1; ++i) {
         RowState x = load(i);
         if (!x.may_take(tile_sep, margin_)) continue;
-        const int count_x = candidates(i, x, s0, s1, picks_x);
+        const int count_x = candidates(i, x, s0, s1, use_bound, picks_x);
         RowState y{};
         const bool pair = i + 1 < r1 && (y = load(i + 1)).may_take(tile_sep, margin_);
-        const int count_y = pair ? candidates(i + 1, y, s0, s1, picks_y) : 0;
+        const int count_y = pair ? candidates(i + 1, y, s0, s1, use_bound, picks_y) : 0;
+        seen += (s1 - s0) * (pair ? 2 : 1);
+        kept += count_x + count_y;
         const float* row_x = z_ + i * d_;
         if (pair && count_x + count_y > s1 - s0) {
           const int count = static_cast<int>(std::set_union(picks_x, picks_x + count_x, picks_y, picks_y + count_y,
@@ -437,6 +442,7 @@ class LazySearch {
         store(i, x);
         if (pair) store(++i, y);
       }
+      if (kept * 4 > seen * 3) use_bound = false;
     }
   }
 
