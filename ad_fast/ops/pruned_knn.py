@@ -5,9 +5,9 @@ pruned indexes (IVF, HNSW, PQ) are approximate. Here the bank's ``P`` leading pr
 ``axes [P, D]``) bound every distance from below: ``||axes (q - b)|| <= ||q - b||``. Two ``P``-wide GEMMs give
 those bounds for all rows; only rows whose bound does not exceed the best exact distance found so far (plus a
 proven allowance for float32 rounding) are scored in full (float64 sums, see ``csrc/knn/knn_pruned_cpu.cpp``), so
-the answer is :func:`ad_fast.ops.knn`'s with ``k = 1``, ties to the lower index. On DMAD's banks (1128-d coordinates, efficientnet_lite0) ~1 % of the rows are
-scored at ``P = 256``. CPU only: on CUDA and in the reference backend :class:`~ad_fast.ops.MemoryBank` runs
-:func:`~ad_fast.ops.knn`.
+the answer is :func:`ad_fast.ops.knn`'s with ``k = 1``, ties to the lower index. On DMAD's banks (1128-d
+coordinates, efficientnet_lite0) ~1 % of the rows are scored at ``P = 256``. CPU only: on CUDA and in the reference
+backend :class:`~ad_fast.ops.MemoryBank` runs :func:`~ad_fast.ops.knn`.
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@
 // block gets all its pending picks at once (its rows stay in cache while the picks stream past), then goes back
 // with its exact maximum. Every block gets every pick eventually (the rest are flushed at the end, so min_dist is
 // exact for all rows): the row-pick pairs of a full pass per pick (most ruled out by the bounds below without
-// their distance), done from cache instead of streaming the whole matrix from memory per pick. Threads: the calling thread selects; at::get_num_threads() - 1 helper threads sweep over
-// the blocks meanwhile, bringing those that lag behind up to date (block locks); the flush is split by work.
+// their distance), done from cache instead of streaming the whole matrix from memory per pick. Threads: the
+// calling thread selects; at::get_num_threads() - 1 helper threads sweep over the blocks meanwhile, bringing those
+// that lag behind up to date (block locks); the flush is split by work.
 //
 // Each distance is the square root of sq_distance()'s float32 sum (sq_distance4 / sq_distance2x4 compute four /
 // eight bitwise alike; the root is skipped where the sum proves no change) and each row takes its picks in pick
@@ -48,7 +49,7 @@ constexpr int64_t kRowsPerBlock = 256;
 constexpr int64_t kCenterTileBytes = 16 * 1024;  // pending picks are applied in tiles that stay in L1
 constexpr int64_t kMaxTile = 256;                // and at most this many per tile (buffers on the stack)
 constexpr int64_t kBoundAxes = 8;                // leading principal axes of the rows' cheap lower bound
-constexpr int64_t kAxesChunk = 1 << 16;          // rows per chunk of the principal axes' float64 sums
+constexpr int64_t kAxesChunk = 1 << 16;          // rows per chunk of the principal axes' covariance
 constexpr int64_t kHelperLag = 32;              // a helper brings a block up to date once it lags this many picks
 constexpr int64_t kHelperWork = 1 << 20;        // rows x picks below which one thread works alone, with no bound
 constexpr int64_t kParallelWork = 1 << 16;      // rows x picks below which the final flush runs on one thread
@@ -144,9 +145,9 @@ struct AxisCoords {
   double error;
 };
 
+// Of rows with d > 0 columns.
 AxisCoords principal_coords(const at::Tensor& rows) {
   const int64_t N = rows.size(0), d = rows.size(1), k = std::min(kBoundAxes, d);
-  if (k == 0) return {at::empty({N, 0}, rows.options()), 0, 0.0};
   const at::Tensor mean = (rows.sum({0}, false, at::kDouble) / static_cast<double>(N)).to(at::kFloat);
   at::Tensor covariance = at::zeros({d, d}, rows.options());
   for (int64_t r = 0; r < N; r += kAxesChunk) {
@@ -323,7 +324,9 @@ class LazySearch {
     double bound;
     // Whether pick s can come closer (sep does not prove otherwise); tested with m before a group of picks,
     // which is sound as m only falls.
-    bool may_take(float sep, float margin) const { return a < 0 || sep < 2.f * m * margin; }
+    bool may_take(float sep, float margin) const { return a < 0 || sep < sep_cut(margin); }
+    // may_take as one comparison, sep < sep_cut(margin), for finite sep.
+    float sep_cut(float margin) const { return a < 0 ? std::numeric_limits<float>::infinity() : 2.f * m * margin; }
     void take(int64_t s, float sq) {
       if (static_cast<double>(sq) >= bound) return;
       const float dist = std::sqrt(sq);
@@ -351,12 +354,13 @@ class LazySearch {
   }
 
   // Picks of [s0, s1) that row i (state x) must score, in order, into `out`: those sep does not rule out and (with
-  // use_bound) whose coordinates' lower bound does not prove them no closer. Returns their count.
+  // use_bound, only set where the rows have coordinates) whose coordinates' lower bound does not prove them no
+  // closer. Returns their count.
   int candidates(int64_t i, const RowState& x, int64_t s0, int64_t s1, bool use_bound, int64_t* out) const {
     const int64_t n = s1 - s0;
     float lower[kMaxTile];
     const float threshold = bound_threshold(x.m);
-    const bool bounded = use_bound && k_ > 0 && threshold < std::numeric_limits<float>::infinity();
+    const bool bounded = use_bound && threshold < std::numeric_limits<float>::infinity();
     std::fill(lower, lower + n, 0.f);
     if (bounded) {
       for (int64_t k = 0; k < k_; ++k) {
@@ -366,8 +370,7 @@ class LazySearch {
         for (int64_t j = 0; j < n; ++j) lower[j] += (p - q[j]) * (p - q[j]);
       }
     }
-    // may_take, as one comparison: a row without a nearest pick takes any (sep is finite)
-    const float sep_cut = x.a < 0 ? std::numeric_limits<float>::infinity() : 2.f * x.m * margin_;
+    const float sep_cut = x.sep_cut(margin_);  // every sep is finite
     const float cut = bounded ? threshold : std::numeric_limits<float>::infinity();
     int count = 0;
     for (int64_t j = 0; j < n; ++j) {
@@ -488,7 +491,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kcenter_greedy_cpu(const at::Tens
   // The bound costs a pass over the rows first: small selections go without it (and without helpers).
   const bool large = N * n_select >= kHelperWork;
   const AxisCoords axes =
-      large ? principal_coords(projected) : AxisCoords{at::empty({N, 0}, projected.options()), 0, 0.0};
+      large && d > 0 ? principal_coords(projected) : AxisCoords{at::empty({N, 0}, projected.options()), 0, 0.0};
   LazySearch search(z, N, d, min_dist, n_select, axes);
   auto select = [&] {
     ArgMax next{0.f, start_index};
