@@ -119,11 +119,15 @@ def test_memory_bank_prunes_large_wide_banks_and_rebuilds_after_an_in_place_chan
         check_exact(query, bank.rows, dist, idx, "l2")
 
 
+def small_case(seed: int, rows: int, dim: int, dims: int, queries: int):
+    """(bank [rows, dim], its projection index on ``dims`` axes, query [queries, dim]), clustered rows."""
+    generator = torch.Generator().manual_seed(seed)
+    bank = clustered(rows, dim, generator)
+    return bank, build_projection_index(bank, dims), clustered(queries, dim, generator)
+
+
 def test_reference_backend_gives_the_kernels_answer():
-    generator = torch.Generator().manual_seed(7)
-    bank = clustered(300, 40, generator)
-    index = build_projection_index(bank, 6)
-    query = clustered(25, 40, generator)
+    bank, index, query = small_case(7, rows=300, dim=40, dims=6, queries=25)
     for metric in ("l2", "sqeuclidean"):
         dist, idx = knn_pruned(query, bank, index, metric, backend="reference")
         expected_dist, expected_idx = knn_pruned(query, bank, index, metric, backend="kernel")
@@ -134,9 +138,6 @@ def test_reference_backend_gives_the_kernels_answer():
 
 
 def test_opcheck():
-    generator = torch.Generator().manual_seed(6)
-    bank = clustered(40, 12, generator)
-    index = build_projection_index(bank, 4)
-    query = clustered(9, 12, generator)
+    bank, index, query = small_case(6, rows=40, dim=12, dims=4, queries=9)
     for metric in ("l2", "sqeuclidean"):
         torch.library.opcheck(torch.ops.ad_fast.knn_pruned.default, (query, bank, *index, metric))
