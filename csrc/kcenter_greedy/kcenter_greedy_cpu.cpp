@@ -13,8 +13,8 @@
 // calling thread selects; at::get_num_threads() - 1 helper threads sweep over the blocks meanwhile, bringing those
 // that lag behind up to date (block locks); the flush is split by work.
 //
-// Each distance is the square root of sq_distance()'s float32 sum (sq_distance4 / sq_distance2x4 compute four /
-// eight bitwise alike; the root is skipped where the sum proves no change) and each row takes its picks in pick
+// Each distance is the square root of sq_distance4()'s float32 sum (sq_distance2x4 computes eight bitwise alike; the
+// root is skipped where the sum proves no change) and each row takes its picks in pick
 // order with `<`, so every value is the full pass's, ties included (first maximum). Two proofs let a row skip a
 // pick without its distance:
 // - the triangle inequality (Elkan-style): pick s was the farthest row when picked, at min-distance
@@ -60,20 +60,10 @@ constexpr ArgMax kNoMax{-std::numeric_limits<float>::infinity(), std::numeric_li
 // changes a result the full update would have produced.
 float skip_margin(int64_t d) { return 1.0f + 4.0f * static_cast<float>(d + 2) * 0x1p-24f; }
 
-// Squared distance: float32 sum of squared differences (its square root is the distance every result uses).
-float sq_distance(const float* a, const float* b, int64_t d) {
-  float acc = 0.f;
-#pragma omp simd reduction(+ : acc)
-  for (int64_t c = 0; c < d; ++c) {
-    const float diff = a[c] - b[c];
-    acc += diff * diff;
-  }
-  return acc;
-}
-
-// sq_distance() from row `a` to four rows at once, each with sq_distance()'s arithmetic: the same simd loop with
-// one reduction variable per row (same lanes, same remainder handling, same final sum over the lanes), so each
-// result is bitwise sq_distance()'s; four independent accumulation chains instead of one keep the FPU busy.
+// Squared distances from row `a` to four rows at once: per row, the float32 sum of squared differences of one simd
+// loop with one reduction variable per row (same lanes, same remainder handling, same final sum over the lanes), so
+// each result is the same bits whichever slot a row takes, and alone or repeated; its square root is the distance
+// every result uses. Four independent accumulation chains keep the FPU busy where one would wait on itself.
 void sq_distance4(const float* a, const float* b0, const float* b1, const float* b2, const float* b3, int64_t d,
                   float* out) {
   float acc0 = 0.f, acc1 = 0.f, acc2 = 0.f, acc3 = 0.f;
@@ -92,7 +82,7 @@ void sq_distance4(const float* a, const float* b0, const float* b1, const float*
   out[3] = acc3;
 }
 
-// sq_distance4() from two rows `a0` and `a1` at once (out[0..3] and out[4..7]), each bitwise sq_distance()'s:
+// sq_distance4() from two rows `a0` and `a1` at once (out[0..3] and out[4..7]), each bitwise sq_distance4()'s:
 // eight accumulation chains that share the loads of the four rows `b`.
 void sq_distance2x4(const float* a0, const float* a1, const float* b0, const float* b1, const float* b2,
                     const float* b3, int64_t d, float* out) {
@@ -345,7 +335,7 @@ class LazySearch {
 
   // A K-value squared distance of the coordinates at or above this proves a pick no closer than m: it bounds
   // the true distance from below by m (1 + 2 (d + 4) u) once the coordinates' error and the float32 rounding of the
-  // K-term sum (gamma_{K+2}) are allowed for, and sqrt of sq_distance() then rounds to at least m (its sum is
+  // K-term sum (gamma_{K+2}) are allowed for, and sqrt of sq_distance4() then rounds to at least m (its sum is
   // within a relative (d + 2) u of the true square). The float32 threshold is rounded with room to spare.
   float bound_threshold(float m) const {
     const double u = 0x1p-24, gamma = (k_ + 2) * u / (1.0 - (k_ + 2) * u);
@@ -361,9 +351,18 @@ class LazySearch {
     float lower[kMaxTile];
     const float threshold = bound_threshold(x.m);
     const bool bounded = use_bound && threshold < std::numeric_limits<float>::infinity();
-    std::fill(lower, lower + n, 0.f);
-    if (bounded) {
-      for (int64_t k = 0; k < k_; ++k) {
+    if (bounded && k_ == kBoundAxes) {  // the usual case: a fixed count keeps the K sums in registers
+      const float* p = coords_ + i * kBoundAxes;
+      const float* q = pick_coords_.data() + s0;
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) {
+        float acc = 0.f;
+        for (int64_t k = 0; k < kBoundAxes; ++k) acc += (p[k] - q[k * n_select_ + j]) * (p[k] - q[k * n_select_ + j]);
+        lower[j] = acc;
+      }
+    } else {
+      std::fill(lower, lower + n, 0.f);
+      for (int64_t k = 0; bounded && k < k_; ++k) {
         const float p = coords_[i * k_ + k];
         const float* q = pick_coords_.data() + k * n_select_ + s0;
 #pragma omp simd
@@ -372,41 +371,48 @@ class LazySearch {
     }
     const float sep_cut = x.sep_cut(margin_);  // every sep is finite
     const float cut = bounded ? threshold : std::numeric_limits<float>::infinity();
+    const float* sep = sep_.data() + s0;
     int count = 0;
-    for (int64_t j = 0; j < n; ++j) {
-      out[count] = s0 + j;
-      count += (lower[j] < cut) & (sep_[s0 + j] < sep_cut);
+    // The tests go into a bit mask 32 picks at a time (vectorised), then only its set bits are visited: most picks
+    // are ruled out, and a store per pick indexed by the running count would chain every iteration to the last.
+    for (int64_t w = 0; w < n; w += 32) {
+      const int64_t width = std::min<int64_t>(32, n - w);
+      uint32_t keep = 0;
+#pragma omp simd reduction(| : keep)
+      for (int64_t j = 0; j < width; ++j) {
+        keep |= static_cast<uint32_t>((lower[w + j] < cut) & (sep[w + j] < sep_cut)) << j;
+      }
+      for (; keep != 0; keep &= keep - 1) out[count++] = s0 + w + __builtin_ctz(keep);
     }
     return count;
   }
 
-  // Row x takes the picks `picks[0, count)`, four distances at a time.
+  // Row x takes the picks `picks[0, count)`, four distances at a time (a last group of fewer repeats its last
+  // pick: four independent sums cost about what one does, whose chain of additions waits on each other).
   void score(const float* row, RowState& x, const int64_t* picks, int count) const {
     float sq[4];
-    int g = 0;
-    for (; g + 4 <= count; g += 4) {
-      sq_distance4(row, center(picks[g]), center(picks[g + 1]), center(picks[g + 2]), center(picks[g + 3]), d_, sq);
-      for (int k = 0; k < 4; ++k) x.take(picks[g + k], sq[k]);
+    for (int g = 0; g < count; g += 4) {
+      const int n = std::min(4, count - g);
+      const float* c[4];
+      for (int k = 0; k < 4; ++k) c[k] = center(picks[g + std::min(k, n - 1)]);
+      sq_distance4(row, c[0], c[1], c[2], c[3], d_, sq);
+      for (int k = 0; k < n; ++k) x.take(picks[g + k], sq[k]);
     }
-    for (; g < count; ++g) x.take(picks[g], sq_distance(row, center(picks[g]), d_));
   }
 
   // Rows x and y both take the picks `picks[0, count)` (two rows x four picks per inner loop).
   void score_pair(const float* row_x, const float* row_y, RowState& x, RowState& y, const int64_t* picks,
                   int count) const {
     float sq[8];
-    int g = 0;
-    for (; g + 4 <= count; g += 4) {
-      sq_distance2x4(row_x, row_y, center(picks[g]), center(picks[g + 1]), center(picks[g + 2]),
-                     center(picks[g + 3]), d_, sq);
-      for (int k = 0; k < 4; ++k) {
+    for (int g = 0; g < count; g += 4) {
+      const int n = std::min(4, count - g);  // as in score(), a last group of fewer repeats its last pick
+      const float* c[4];
+      for (int k = 0; k < 4; ++k) c[k] = center(picks[g + std::min(k, n - 1)]);
+      sq_distance2x4(row_x, row_y, c[0], c[1], c[2], c[3], d_, sq);
+      for (int k = 0; k < n; ++k) {
         x.take(picks[g + k], sq[k]);
         y.take(picks[g + k], sq[4 + k]);
       }
-    }
-    for (; g < count; ++g) {
-      x.take(picks[g], sq_distance(row_x, center(picks[g]), d_));
-      y.take(picks[g], sq_distance(row_y, center(picks[g]), d_));
     }
   }
 
