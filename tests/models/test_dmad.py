@@ -192,20 +192,26 @@ class _FixedLayers(torch.nn.Module):
         return self.layers
 
 
-def test_encoder_matches_patchcore_resize_then_pool_order():
-    """Oracle: unfold 3x3, resize every one of the C·9 channels of the coarse layer, then pool (PatchCore order)."""
+@pytest.mark.parametrize("channels, embed_dim, consecutive", [
+    ((20, 36), 60, True),  # each layer writes its own half: the output is their concatenation
+    ((20, 36, 12), 50, False),  # 150 -> 50 pools windows that straddle two layers: they add into shared columns
+])
+def test_encoder_matches_patchcore_resize_then_pool_order(channels, embed_dim, consecutive):
+    """Oracle: unfold 3x3, resize every one of the C·9 channels of the coarse layers, then pool (PatchCore order)."""
     torch.manual_seed(0)
-    f2, f3 = torch.randn(2, 20, 6, 5), torch.randn(2, 36, 3, 3)
-    encoder = PatchFeatureEncoder(_FixedLayers([f2, f3]), (0.0,) * 3, (1.0,) * 3, embed_dim=60)
+    layers = [torch.randn(2, c, *size) for c, size in zip(channels, [(6, 5), (3, 3), (2, 2)])]
+    encoder = PatchFeatureEncoder(_FixedLayers(layers), (0.0,) * 3, (1.0,) * 3, embed_dim=embed_dim)
     q, grid = encoder(torch.zeros(2, 3, 4, 4))
-    assert grid == (6, 5) and q.shape == (2, 30, 60)
+    assert grid == (6, 5) and q.shape == (2, 30, embed_dim)
+    assert encoder._consecutive(channels) == consecutive
     pooled = []
-    for f in (f2, f3):
+    for f in layers:
         b, c, h, w = f.shape
         u = F.unfold(f.double(), 3, padding=1).reshape(b, c * 9, h, w)
         u = F.interpolate(u, size=grid, mode="bilinear", align_corners=False)
-        pooled.append(F.adaptive_avg_pool1d(u.permute(0, 2, 3, 1).reshape(-1, 1, c * 9), 60))
-    expected = F.adaptive_avg_pool1d(torch.stack(pooled, 1).reshape(-1, 1, 120), 60).reshape(2, 30, 60)
+        pooled.append(F.adaptive_avg_pool1d(u.permute(0, 2, 3, 1).reshape(-1, 1, c * 9), embed_dim))
+    stacked = torch.stack(pooled, 1).reshape(-1, 1, len(layers) * embed_dim)
+    expected = F.adaptive_avg_pool1d(stacked, embed_dim).reshape(2, 30, embed_dim)
     torch.testing.assert_close(q.double(), expected, rtol=1e-5, atol=1e-5)
 
 

@@ -107,6 +107,7 @@ class PatchFeatureEncoder(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self._weights: dict[tuple[int, ...], tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]] = {}
+        self._consecutive_layers: dict[tuple[int, ...], bool] = {}
 
     def _layout(self, channels: tuple[int, ...]) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
         """(per-layer conv weights and output channels, basis ``[feature_dim, embed_dim]``) for these layers."""
@@ -117,6 +118,15 @@ class PatchFeatureEncoder(nn.Module):
                 self._weights[channels] = (aggregation_weights(list(channels), self.embed_dim, self.patch_size),
                                            torch.eye(self.embed_dim, dtype=torch.float64))
         return self._weights[channels]
+
+    def _consecutive(self, channels: tuple[int, ...]) -> bool:
+        """Whether the layers write consecutive, disjoint column ranges that fill the output in order (then the
+        output is their concatenation)."""
+        if channels not in self._consecutive_layers:
+            weights, basis = self._layout(channels)
+            written = torch.cat([columns.cpu() for _, columns in weights])
+            self._consecutive_layers[channels] = torch.equal(written, torch.arange(basis.shape[0]))
+        return self._consecutive_layers[channels]
 
     def feature_dim(self, channels: tuple[int, ...]) -> int:
         """Values per patch for backbone layers of these channel counts."""
@@ -148,10 +158,16 @@ class PatchFeatureEncoder(nn.Module):
         grid = tuple(layers[0].shape[-2:])
         channels = tuple(f.shape[1] for f in layers)
         weights = self._aggregation(channels, images.device)
-        out = images.new_zeros(images.shape[0], grid[0], grid[1], self.feature_dim(channels))
-        for feats, (conv, columns) in zip(layers, weights):
+        parts = []
+        for feats, (conv, _) in zip(layers, weights):
             pooled = F.conv2d(feats, conv, padding=self.patch_size // 2)
             if tuple(pooled.shape[-2:]) != grid:
                 pooled = F.interpolate(pooled, size=grid, mode="bilinear", align_corners=False)
-            out.index_add_(3, columns, pooled.permute(0, 2, 3, 1))
+            parts.append(pooled.permute(0, 2, 3, 1))
+        if self._consecutive(channels):  # one copy, no zero-filled output to add into
+            out = torch.cat(parts, 3)
+        else:
+            out = images.new_zeros(images.shape[0], grid[0], grid[1], self.feature_dim(channels))
+            for part, (_, columns) in zip(parts, weights):
+                out.index_add_(3, columns, part)
         return out.reshape(images.shape[0], grid[0] * grid[1], out.shape[-1]), grid
