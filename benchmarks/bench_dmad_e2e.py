@@ -172,3 +172,19 @@ def test_fit_predict(benchmark, category, case):
     assert scores.shape == labels.shape and bool(torch.isfinite(scores).all())
     if not FAST:  # tiny fast-mode images carry too little texture for the scores to mean anything
         assert row["auroc"] > 0.5
+
+
+@pytest.mark.parametrize("ratio", [0.02, 0.10])
+@pytest.mark.benchmark(group="dmad-bank")
+def test_bank_build(benchmark, category, ratio):
+    """The bank alone from all training images (what the issue's table measured as fit: features, then the coreset;
+    no hold-out and no OK/NG decision, so ``_fit``, the part of ``fit`` that builds it)."""
+    model = _model(ratio)
+    train = category / "train" / "good"
+    start = time.perf_counter()
+    benchmark.pedantic(lambda: model._fit(train), rounds=1, iterations=1)
+    seconds = time.perf_counter() - start
+    rows = len(model.normal_bank)
+    benchmark.extra_info.update({"bank_s": round(seconds, 4), "bank_rows": rows})
+    print(f"\n[dmad bank] {ratio:.0%} coreset: {rows} rows from {N_TRAIN} images in {seconds:6.2f} s")
+    assert rows > 0
