@@ -14,9 +14,8 @@
 // that lag behind up to date (block locks); the flush is split by work.
 //
 // Each distance is the square root of sq_distance4()'s float32 sum (sq_distance2x4 computes eight bitwise alike; the
-// root is skipped where the sum proves no change) and each row takes its picks in pick
-// order with `<`, so every value is the full pass's, ties included (first maximum). Two proofs let a row skip a
-// pick without its distance:
+// root is skipped where the sum proves no change) and each row takes its picks in pick order with `<`, so every
+// value is the full pass's, ties included (first maximum). Two proofs let a row skip a pick without its distance:
 // - the triangle inequality (Elkan-style): pick s was the farthest row when picked, at min-distance
 //   sep[s] <= ||c_a - c_s|| from every earlier pick a (the row's nearest), so sep[s] >= 2 * min_dist[i] (with a
 //   rounding margin) means no change;
@@ -387,14 +386,21 @@ class LazySearch {
     return count;
   }
 
-  // Row x takes the picks `picks[0, count)`, four distances at a time (a last group of fewer repeats its last
-  // pick: four independent sums cost about what one does, whose chain of additions waits on each other).
+  // The centres of the group of four picks from picks[g] into c, the last of `count` repeated where fewer remain
+  // (four independent sums cost about what one does, whose chain of additions waits on itself); returns how many
+  // of the four are picks to take.
+  int group_centers(const int64_t* picks, int g, int count, const float* c[4]) const {
+    const int n = std::min(4, count - g);
+    for (int k = 0; k < 4; ++k) c[k] = center(picks[g + std::min(k, n - 1)]);
+    return n;
+  }
+
+  // Row x takes the picks `picks[0, count)`, four distances at a time.
   void score(const float* row, RowState& x, const int64_t* picks, int count) const {
     float sq[4];
+    const float* c[4];
     for (int g = 0; g < count; g += 4) {
-      const int n = std::min(4, count - g);
-      const float* c[4];
-      for (int k = 0; k < 4; ++k) c[k] = center(picks[g + std::min(k, n - 1)]);
+      const int n = group_centers(picks, g, count, c);
       sq_distance4(row, c[0], c[1], c[2], c[3], d_, sq);
       for (int k = 0; k < n; ++k) x.take(picks[g + k], sq[k]);
     }
@@ -404,10 +410,9 @@ class LazySearch {
   void score_pair(const float* row_x, const float* row_y, RowState& x, RowState& y, const int64_t* picks,
                   int count) const {
     float sq[8];
+    const float* c[4];
     for (int g = 0; g < count; g += 4) {
-      const int n = std::min(4, count - g);  // as in score(), a last group of fewer repeats its last pick
-      const float* c[4];
-      for (int k = 0; k < 4; ++k) c[k] = center(picks[g + std::min(k, n - 1)]);
+      const int n = group_centers(picks, g, count, c);
       sq_distance2x4(row_x, row_y, c[0], c[1], c[2], c[3], d_, sq);
       for (int k = 0; k < n; ++k) {
         x.take(picks[g + k], sq[k]);
